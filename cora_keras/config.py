@@ -1,0 +1,238 @@
+"""One typed config tree for model, objective, data sampling and training.
+
+YAML files in `configs/` map onto `Config`; unknown or ill-typed keys fail
+with the key's dotted path and what is allowed. Overrides use the same
+paths: `apply_overrides(config, ["train.batch_size=64"])`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or a wrong value."""
+
+
+@dataclass
+class ModelConfig:
+    """Shapes and layers of CoraModel (MODEL.md notation in comments)."""
+
+    embed_size: int = 1024  # D
+    composer_hidden: int = 1024  # H
+    word_dim: int = 300  # W
+    vocab_size: int = 8000
+    text_encoder: Literal["gru", "bert", "bow"] = "gru"
+    bert_preset: Optional[str] = None  # local keras_hub preset directory
+    bert_backbone: Optional[dict] = None  # BertBackbone kwargs (random init)
+    region_feature_size: int = 2048  # F
+    num_regions: int = 36  # N
+    max_entities: int = 13  # E
+    max_attributes: int = 4  # A
+    max_relations: int = 13  # R, per entity and direction
+    max_caption_relations: int = 24  # relation slots per caption
+    max_phrase_tokens: int = 8  # [CLS] w1 .. wk [SEP]
+    entity_budget: float = 6.0  # real entities per caption, batch average
+    attribute_budget: float = 6.0  # real attributes per caption
+    relation_budget: float = 6.0  # real relations per caption
+    entity_layers: int = 1
+    relation_layers: int = 2
+    num_heads: int = 16
+    use_graph_global: bool = False
+    graph_layer: Literal["cora", "spektral_gat"] = "cora"
+    region_dropout: float = 0.1
+    word_dropout: float = 0.1
+    composer_dropout: float = 0.15
+    relation_attention_dropout: float = 0.05
+    gpo_hidden: int = 32
+
+
+@dataclass
+class LossConfig:
+    """Weights, margins and temperature of the three-term objective."""
+
+    temperature: float = 0.01
+    triplet_margin: float = 0.35
+    specificity_margin: float = 0.35
+    contrastive_weight: float = 1.0
+    triplet_weight: float = 4.0
+    specificity_weight: float = 11.0
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time sampling probabilities (DATA.md section 3)."""
+
+    entity_drop: float = 0.05
+    attribute_drop: float = 0.15
+    adverb_drop: float = 0.15
+    singularize: float = 0.125
+    pluralize: float = 0.10
+    token_mask: float = 0.10
+    token_delete: float = 0.05
+    relation_drop: float = 0.15
+    region_drop: float = 0.35
+
+
+@dataclass
+class DataConfig:
+    """Which dataset protocol and how the input pipeline reads it."""
+
+    dataset: Literal["f30k", "coco", "demo"] = "f30k"
+    features: Literal["precomp", "per_image"] = "precomp"
+    vocab_min_count: int = 1
+    shuffle_buffer: int = 10000
+    parallel_calls: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule and loop settings (MODEL.md section 5)."""
+
+    batch_size: int = 128
+    epochs: int = 55
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-4
+    bert_learning_rate_multiplier: float = 0.1
+    bert_weight_decay: float = 0.01
+    warmup_epochs: float = 1.0
+    decay_epochs: list[int] = field(default_factory=lambda: [15])
+    decay_factor: float = 0.1
+    seed: int = 0
+    steps_per_epoch: Optional[int] = None
+    eval_batch_size: int = 128
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is typing.Union:
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`; return it typed."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin is typing.Union:
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, path)
+            except ConfigError:
+                continue
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp)
+            return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    raise ConfigError(f"{path}: {value!r} is not {_describe(tp)}")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"{where}: unknown key; allowed: {', '.join(names)}")
+    kwargs = {
+        key: _coerce(value, hints[key], f"{path}.{key}" if path else key)
+        for key, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build a validated Config from nested mappings."""
+    return _build(Config, data, "")
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, then apply `section.key=value` overrides."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{os.fspath(path)}: invalid YAML ({error})") from None
+    try:
+        config = config_from_dict(data)
+    except ConfigError as error:
+        raise ConfigError(f"{os.fspath(path)}: {error}") from None
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Return a copy with each `dotted.key=yaml_value` override applied."""
+    data = config.to_dict()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for i, part in enumerate(parents):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(
+                    f"{'.'.join(parents[: i + 1])}: unknown section; "
+                    f"allowed: {', '.join(k for k, v in node.items() if isinstance(v, dict))}"
+                )
+            node = node[part]
+        node[leaf] = yaml.safe_load(raw)
+    return config_from_dict(data)
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    """Write the config as YAML."""
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)

@@ -1,0 +1,80 @@
+"""The tensors CoraModel takes: names, shapes and dtypes per config.
+
+Framework-free: the encoders in `scene_graph/encode.py` produce these
+arrays, the model consumes them, the export signatures declare them.
+
+Images (B images):
+  regions        (B, N, F) float32  valid rows first, padding rows zero
+  region_counts  (B,)      int32    number of valid rows, >= 1
+
+Captions (B captions, one scene graph each; token id 0 is padding):
+  entity_tokens      (B, E, T)    int32  object name: [CLS] w1 .. wk [SEP];
+                                          real entities first (parse order)
+  attribute_tokens   (B, E, A, T) int32  attributes of each entity, real first
+  relation_tokens    (B, K, T)    int32  predicates, real relations first
+  relation_subject   (B, K)       int32  entity index of the subject (0 if pad)
+  relation_object    (B, K)       int32  entity index of the object (0 if pad)
+
+Targets of the objective (the `y` of model.fit):
+  image_ids              (B,)        int32  equal ids = the same image
+  entity_name_ids        (B, E)      int32  id of each fed entity's name
+  entity_attribute_ids   (B, E, A)   int32  ids of its (sampled) attributes
+  graph_name_ids         (B, E)      int32  the caption's un-augmented graph
+  graph_attribute_ids    (B, E, A)   int32  ... and its first A attributes
+Ids are positive (0 = none) and equal exactly when the strings are equal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IMAGE_INPUTS = ("regions", "region_counts")
+CAPTION_INPUTS = (
+    "entity_tokens",
+    "attribute_tokens",
+    "relation_tokens",
+    "relation_subject",
+    "relation_object",
+)
+TARGETS = (
+    "image_ids",
+    "entity_name_ids",
+    "entity_attribute_ids",
+    "graph_name_ids",
+    "graph_attribute_ids",
+)
+
+
+def image_specs(model_config: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Per-example (shape, dtype) of the image inputs."""
+    c = model_config
+    return {
+        "regions": ((c.num_regions, c.region_feature_size), "float32"),
+        "region_counts": ((), "int32"),
+    }
+
+
+def caption_specs(model_config: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Per-example (shape, dtype) of the caption inputs."""
+    c = model_config
+    e, a, k, t = c.max_entities, c.max_attributes, c.max_caption_relations, c.max_phrase_tokens
+    return {
+        "entity_tokens": ((e, t), "int32"),
+        "attribute_tokens": ((e, a, t), "int32"),
+        "relation_tokens": ((k, t), "int32"),
+        "relation_subject": ((k,), "int32"),
+        "relation_object": ((k,), "int32"),
+    }
+
+
+def target_specs(model_config: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Per-example (shape, dtype) of the objective's targets."""
+    c = model_config
+    e, a = c.max_entities, c.max_attributes
+    return {
+        "image_ids": ((), "int32"),
+        "entity_name_ids": ((e,), "int32"),
+        "entity_attribute_ids": ((e, a), "int32"),
+        "graph_name_ids": ((e,), "int32"),
+        "graph_attribute_ids": ((e, a), "int32"),
+    }
