@@ -26,6 +26,7 @@ Ids are positive (0 = none) and equal exactly when the strings are equal.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 IMAGE_INPUTS = ("regions", "region_counts")
@@ -77,4 +78,23 @@ def target_specs(model_config: Any) -> dict[str, tuple[tuple[int, ...], str]]:
         "entity_attribute_ids": ((e, a), "int32"),
         "graph_name_ids": ((e,), "int32"),
         "graph_attribute_ids": ((e, a), "int32"),
+    }
+
+
+def phrase_budgets(model_config: Any, batch_size: int) -> dict[str, int]:
+    """Static per-batch numbers of phrases the text tower encodes.
+
+    The text tower encodes only real phrases, packed into these budgets
+    (batch average per caption from the config, plus room for one full
+    caption so a batch of one always fits). The input pipeline checks them;
+    phrases past a budget would be dropped by the model.
+    """
+    c = model_config
+    e, a, k = c.max_entities, c.max_attributes, c.max_caption_relations
+    return {
+        "entities": min(batch_size * e, math.ceil(c.entity_budget * batch_size) + e),
+        "attributes": min(
+            batch_size * e * a, math.ceil(c.attribute_budget * batch_size) + e * a
+        ),
+        "relations": min(batch_size * k, math.ceil(c.relation_budget * batch_size) + k),
     }
