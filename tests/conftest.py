@@ -1,0 +1,13 @@
+"""Shared pytest setup: `tf_only` tests run only on the TensorFlow backend."""
+
+import keras
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    if keras.backend.backend() == "tensorflow":
+        return
+    skip = pytest.mark.skip(reason="needs the TensorFlow backend (tf_only)")
+    for item in items:
+        if "tf_only" in item.keywords:
+            item.add_marker(skip)
