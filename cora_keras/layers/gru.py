@@ -1,0 +1,65 @@
+"""A GRU of the cuDNN/PyTorch form that reads each row's true length."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="cora_keras")
+class LengthMaskedGRU(keras.layers.Layer):
+    """Single-layer unidirectional GRU over (b, T, d) with per-row lengths.
+
+    The reset gate is applied after the recurrent matmul (Keras
+    `reset_after=True`), with separate input and recurrent biases. Weights
+    use the Keras layout: `kernel` (d, 3u) and `recurrent_kernel` (u, 3u)
+    with gate columns (z, r, h), `bias` (2, 3u) = input and recurrent bias.
+    The input projection of all steps is one matmul; steps past a row's
+    length leave its state unchanged, so the final state is the state
+    after the row's last real token.
+
+    Args:
+        units: hidden size u.
+        return_sequences: also return the state after every step.
+    """
+
+    def __init__(self, units: int, return_sequences: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.return_sequences = return_sequences
+
+    def build(self, input_shape):
+        d, u = input_shape[-1], self.units
+        self.kernel = self.add_weight(
+            name="kernel", shape=(d, 3 * u), initializer="glorot_uniform"
+        )
+        self.recurrent_kernel = self.add_weight(
+            name="recurrent_kernel", shape=(u, 3 * u), initializer="orthogonal"
+        )
+        self.bias = self.add_weight(name="bias", shape=(2, 3 * u), initializer="zeros")
+
+    def call(self, inputs, lengths):
+        """inputs (b, T, d), lengths (b,) -> final state (b, u) [, states (b, T, u)]."""
+        u = self.units
+        steps = inputs.shape[1]
+        projected = ops.matmul(inputs, self.kernel) + self.bias[0]
+        lengths = ops.cast(lengths, "int32")
+        state = ops.zeros((ops.shape(inputs)[0], u), dtype=inputs.dtype)
+        states = []
+        for t in range(steps):
+            x = projected[:, t, :]
+            h = ops.matmul(state, self.recurrent_kernel) + self.bias[1]
+            z = ops.sigmoid(x[:, :u] + h[:, :u])
+            r = ops.sigmoid(x[:, u : 2 * u] + h[:, u : 2 * u])
+            n = ops.tanh(x[:, 2 * u :] + r * h[:, 2 * u :])
+            new_state = (1.0 - z) * n + z * state
+            state = ops.where((lengths > t)[:, None], new_state, state)
+            states.append(state)
+        if self.return_sequences:
+            return state, ops.stack(states, axis=1)
+        return state
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, return_sequences=self.return_sequences)
+        return config

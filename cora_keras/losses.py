@@ -1,0 +1,140 @@
+"""The three terms of CORA's objective (MODEL.md section 3), keras.ops only.
+
+Each function is usable on its own with any backend's tensors; embeddings
+are expected L2-normalised.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+
+def same_image(image_ids):
+    """(B, B) bool: rows i and j show the same image (diagonal included)."""
+    return image_ids[:, None] == image_ids[None, :]
+
+
+def entity_match(entity_name_ids, entity_attribute_ids, graph_name_ids, graph_attribute_ids):
+    """(B_images, B, E) bool: image i's un-augmented graph holds entity (b, e).
+
+    True when graph i has an entity with the same name id whose attribute
+    ids contain every (nonzero) attribute id of entity (b, e). Id 0 is
+    padding; a padded entity never matches.
+    """
+    names = entity_name_ids[None, :, :, None]  # (1, B, E, 1)
+    same_name = ops.logical_and(graph_name_ids[:, None, None, :] == names, names != 0)
+    attrs = entity_attribute_ids[None, :, :, None, :, None]  # (1, B, E, 1, A, 1)
+    held = graph_attribute_ids[:, None, None, :, None, :]  # (Bi, 1, 1, G, 1, A2)
+    present = ops.any(attrs == held, axis=-1)  # (Bi, B, E, G, A)
+    covered = ops.all(ops.logical_or(present, entity_attribute_ids[None, :, :, None, :] == 0), axis=-1)
+    return ops.any(ops.logical_and(same_name, covered), axis=-1)
+
+
+def _one_direction(scores, positives, valid_columns, valid_rows, eps):
+    """Mean over valid rows of -mean_{positives} log p (supervised InfoNCE)."""
+    masked = ops.where(valid_columns, scores, -1e30)
+    shifted = scores - ops.stop_gradient(ops.max(masked, axis=1, keepdims=True))
+    shifted = ops.where(valid_columns, shifted, -1e4)
+    exp = ops.exp(shifted)
+    negatives = ops.logical_and(ops.logical_not(positives), valid_columns)
+    negative_sum = ops.sum(ops.where(negatives, exp, 0.0), axis=1, keepdims=True)
+    log_p = shifted - ops.log(negative_sum + exp + eps)
+    positives = ops.logical_and(positives, valid_columns)
+    count = ops.sum(ops.cast(positives, "float32"), axis=1)
+    per_row = ops.sum(ops.where(positives, log_p, 0.0), axis=1) / ops.maximum(count, 1.0)
+    rows = ops.cast(valid_rows, "float32")
+    return -ops.sum(per_row * rows) / ops.maximum(ops.sum(rows), 1.0)
+
+
+def supervised_contrastive_loss(images, texts, positives, text_mask, temperature=0.01):
+    """Contrastive term (a): image -> text rows plus text -> image columns.
+
+    Args:
+        images: (B, D) image embeddings.
+        texts: (T, D) captions and entities, `S = images texts^T / tau`.
+        positives: (B, T) bool positive pairs.
+        text_mask: (T,) bool, False for padding columns (ignored entirely).
+        temperature: tau.
+    """
+    scores = ops.matmul(images, ops.transpose(texts)) / temperature
+    text_mask = ops.cast(text_mask, "bool")
+    all_images = ops.ones_like(scores[:, 0]) > 0
+    row = _one_direction(scores, positives, text_mask[None, :], all_images, 1e-9)
+    column = _one_direction(
+        ops.transpose(scores), ops.transpose(positives), all_images[None, :], text_mask, 1e-6
+    )
+    return row + column
+
+
+def hardest_triplet_loss(images, captions, same, margin=0.35):
+    """Term (b): VSE++ max-violation triplet, mean over both directions.
+
+    `same` (B, B) bool marks pairs showing the same image; they and the
+    diagonal are never negatives.
+    """
+    sims = ops.matmul(images, ops.transpose(captions))
+    diagonal = ops.diagonal(sims)
+    excluded = ops.logical_or(same, ops.eye(ops.shape(sims)[0]) > 0)
+    caption_cost = ops.where(excluded, 0.0, ops.relu(margin + sims - diagonal[:, None]))
+    image_cost = ops.where(excluded, 0.0, ops.relu(margin + sims - diagonal[None, :]))
+    return ops.mean(ops.max(caption_cost, axis=1)) + ops.mean(ops.max(image_cost, axis=0))
+
+
+def specificity_loss(images, captions, entities, entity_mask, margin=0.35):
+    """Term (c): each real entity must match its image less than its caption does.
+
+    Mean over real entities m of [I_b . Z_m + margin - I_b . C_b]_+.
+    """
+    own = ops.sum(images * captions, axis=-1)
+    entity_scores = ops.einsum("bd,bed->be", images, entities)
+    mask = ops.cast(entity_mask, "float32")
+    cost = ops.relu(entity_scores + margin - own[:, None]) * mask
+    return ops.sum(cost) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def contrastive_positives(targets, entity_mask):
+    """(B, B + B*E) positive mask of term (a) from the objective's targets."""
+    same = same_image(targets["image_ids"])
+    batch, e_max = entity_mask.shape[0] or ops.shape(entity_mask)[0], entity_mask.shape[1]
+    owner = ops.repeat(ops.eye(batch) > 0, e_max, axis=1)  # column b*E+e owned by row b
+    match = entity_match(
+        targets["entity_name_ids"],
+        targets["entity_attribute_ids"],
+        targets["graph_name_ids"],
+        targets["graph_attribute_ids"],
+    )
+    entity_part = ops.logical_or(owner, ops.reshape(match, (batch, -1)))
+    return ops.concatenate([same, entity_part], axis=1)
+
+
+def cora_objective(outputs, targets, config) -> dict:
+    """All terms and the weighted total (`loss`) for one batch.
+
+    Args:
+        outputs: `CoraModel` outputs (`image`, `caption`, `entities`,
+            `entity_mask`).
+        targets: the targets of `cora_keras.inputs`.
+        config: a `LossConfig` (weights, margins, temperature).
+    """
+    images, captions = outputs["image"], outputs["caption"]
+    entities, entity_mask = outputs["entities"], outputs["entity_mask"]
+    batch, e_max, d = ops.shape(entities)[0], entities.shape[1], entities.shape[2]
+    texts = ops.concatenate([captions, ops.reshape(entities, (batch * e_max, d))], axis=0)
+    text_mask = ops.concatenate(
+        [ops.ones_like(images[:, 0]) > 0, ops.reshape(ops.cast(entity_mask, "bool"), (-1,))], axis=0
+    )
+    positives = contrastive_positives(targets, entity_mask)
+    contrastive = supervised_contrastive_loss(images, texts, positives, text_mask, config.temperature)
+    triplet = hardest_triplet_loss(images, captions, same_image(targets["image_ids"]), config.triplet_margin)
+    specificity = specificity_loss(images, captions, entities, entity_mask, config.specificity_margin)
+    total = (
+        config.contrastive_weight * contrastive
+        + config.triplet_weight * triplet
+        + config.specificity_weight * specificity
+    )
+    return {
+        "loss": total,
+        "contrastive_loss": contrastive,
+        "triplet_loss": triplet,
+        "specificity_loss": specificity,
+    }

@@ -1,0 +1,241 @@
+"""CoraModel: image tower, text tower and the three-term objective."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from cora_keras import losses
+from cora_keras.config import LossConfig, ModelConfig
+from cora_keras.inputs import caption_specs, image_specs, phrase_budgets
+from cora_keras.layers.entity_composer import EntityComposer
+from cora_keras.layers.packing import pack_slots, unpack
+from cora_keras.layers.phrase_encoder import PhraseEncoder
+from cora_keras.layers.region_encoder import RegionEncoder
+from cora_keras.layers.relation_composer import RelationComposer
+
+LOSS_TERMS = ("loss", "contrastive_loss", "triplet_loss", "specificity_loss")
+
+
+@keras.saving.register_keras_serializable(package="cora_keras")
+class CoraModel(keras.Model):
+    """The CORA dual encoder (MODEL.md).
+
+    `call(inputs)` takes the dict of `cora_keras.inputs` (image and caption
+    tensors) and returns L2-normalised `image` (B, D), `caption` (B, D) and
+    `entities` (B, E, D) plus `entity_mask` (B, E). `encode_images` and
+    `encode_captions` run one tower. Training with `fit` takes `(x, y)`
+    with `y` the targets of `cora_keras.inputs`; `compute_loss` is the
+    three-term objective, each term tracked as its own metric.
+
+    Args:
+        model_config: a `ModelConfig` or its dict.
+        loss_config: a `LossConfig` or its dict.
+    """
+
+    def __init__(self, model_config=None, loss_config=None, **kwargs):
+        super().__init__(**kwargs)
+        self.model_config = _as_config(ModelConfig, model_config)
+        self.loss_config = _as_config(LossConfig, loss_config)
+        c = self.model_config
+        self.region_encoder = RegionEncoder(
+            c.embed_size, c.num_heads, c.region_dropout, c.gpo_hidden, name="region_encoder"
+        )
+        self.phrase_encoder = PhraseEncoder(
+            c.vocab_size, c.word_dim, c.text_encoder, c.bert_preset, c.bert_backbone,
+            name="phrase_encoder",
+        )
+        self.entity_composer = EntityComposer(
+            c.composer_hidden, c.embed_size, c.entity_layers, c.num_heads,
+            c.word_dropout, c.composer_dropout, c.graph_layer, name="entity_composer",
+        )
+        self.relation_composer = RelationComposer(
+            c.composer_hidden, c.embed_size, c.max_entities, c.relation_layers, c.num_heads,
+            c.word_dropout, c.composer_dropout, c.relation_attention_dropout,
+            c.use_graph_global, c.gpo_hidden, c.graph_layer, name="relation_composer",
+        )
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
+
+    # ------------------------------------------------------------------ build
+    def build(self, input_shape=None):
+        """Create every weight by running one example through both towers."""
+        if self.built:
+            return
+        example = example_inputs(self.model_config, batch_size=1)
+        self.encode_images(example)
+        self.encode_captions(example)
+        self.built = True
+
+    def get_build_config(self):
+        return {}
+
+    def build_from_config(self, config):
+        self.build()
+
+    # ---------------------------------------------------------------- towers
+    def encode_images(self, inputs, training=None):
+        """(B, D) normalised image embeddings from `regions`, `region_counts`."""
+        image = self.region_encoder(inputs["regions"], inputs["region_counts"], training=training)
+        return _l2_normalize(image)
+
+    def encode_captions(self, inputs, training=None):
+        """Normalised `caption` (B, D), `entities` (B, E, D) and `entity_mask` (B, E)."""
+        c = self.model_config
+        e_max = c.max_entities
+        entity_tokens = inputs["entity_tokens"]
+        batch = entity_tokens.shape[0]
+        budgets = phrase_budgets(c, batch) if batch is not None else None
+        graph = text_graph(inputs, c, budgets)
+
+        t = entity_tokens.shape[-1]
+        flat_entities = ops.reshape(entity_tokens, (-1, t))
+        flat_attributes = ops.reshape(inputs["attribute_tokens"], (-1, t))
+        flat_relations = ops.reshape(inputs["relation_tokens"], (-1, t))
+        encode = self.phrase_encoder
+        names = encode(ops.take(flat_entities, graph["entity_slot"], axis=0), kind="object")
+        attributes = encode(ops.take(flat_attributes, graph["attribute_packed_slot"], axis=0), kind="attribute")
+        predicates = encode(ops.take(flat_relations, graph["relation_packed_slot"], axis=0), kind="predicate")
+
+        entities = self.entity_composer(
+            names, attributes, graph["attribute_index"], graph["attribute_slot"], training=training
+        )
+        caption = self.relation_composer(entities, predicates, graph, training=training)
+        entity_slots = ops.reshape(unpack(_l2_normalize(entities), graph["entity_inverse"]), (-1, e_max, c.embed_size))
+        entity_mask = ops.reshape(graph["entity_inverse"] < ops.shape(entities)[0], (-1, e_max))
+        return {
+            "caption": _l2_normalize(caption),
+            "entities": entity_slots,
+            "entity_mask": entity_mask,
+        }
+
+    def call(self, inputs, training=None):
+        outputs = self.encode_captions(inputs, training=training)
+        outputs["image"] = self.encode_images(inputs, training=training)
+        return outputs
+
+    # ------------------------------------------------------------- objective
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Total three-term loss; updates one metric per term."""
+        terms = losses.cora_objective(y_pred, y, self.loss_config)
+        for name, value in terms.items():
+            self.trackers[name].update_state(value)
+        return terms["loss"]
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return self.get_metrics_result()
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            model_config=vars(self.model_config).copy(),
+            loss_config=vars(self.loss_config).copy(),
+        )
+        return config
+
+
+def _as_config(cls, value):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    return cls(**value)
+
+
+def _l2_normalize(x):
+    return x / ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), 1e-12))
+
+
+def text_graph(inputs, config: ModelConfig, budgets: dict | None) -> dict:
+    """Packing and graph index tensors of a caption batch.
+
+    Real entities, attributes and relations are packed into the per-batch
+    budgets (`inputs.phrase_budgets`; all slots when the batch size is not
+    static). Returns the indices the composers use; see
+    `RelationComposer.call` and `EntityComposer.call`.
+    """
+    e_max, a_max, r_cap = config.max_entities, config.max_attributes, config.max_relations
+    entity_real = ops.any(inputs["entity_tokens"] != 0, axis=-1)  # (B, E)
+    attribute_real = ops.any(inputs["attribute_tokens"] != 0, axis=-1)  # (B, E, A)
+    relation_real = ops.any(inputs["relation_tokens"] != 0, axis=-1)  # (B, K)
+    subject = ops.cast(inputs["relation_subject"], "int32")
+    obj = ops.cast(inputs["relation_object"], "int32")
+    batch = ops.shape(entity_real)[0]
+    k_max = relation_real.shape[1]
+
+    def budget(name):
+        return None if budgets is None else budgets[name]
+
+    entity_slot, _, entity_inverse = pack_slots(ops.reshape(entity_real, (-1,)), budget("entities"))
+    num_entities = ops.shape(entity_slot)[0]
+    attribute_real = ops.logical_and(attribute_real, entity_real[:, :, None])
+    attr_slot, _, attr_inverse = pack_slots(ops.reshape(attribute_real, (-1,)), budget("attributes"))
+    num_attributes = ops.shape(attr_slot)[0]
+    # attribute_index (Pe, A): packed attribute of each attribute slot of each packed entity.
+    slots = entity_slot[:, None] * a_max + ops.arange(a_max, dtype="int32")[None, :]
+    attribute_index = ops.take(attr_inverse, slots, axis=0)
+    # attribute_slot (Pa,): packed entity * A + position, for each packed attribute.
+    owner = ops.take(entity_inverse, attr_slot // a_max, axis=0)
+    attribute_slot = ops.minimum(owner, num_entities - 1) * a_max + attr_slot % a_max
+
+    relation_real = ops.logical_and(
+        relation_real,
+        ops.logical_and(
+            ops.take_along_axis(entity_real, subject, axis=1),
+            ops.take_along_axis(entity_real, obj, axis=1),
+        ),
+    )
+    rel_slot, rel_valid, _ = pack_slots(ops.reshape(relation_real, (-1,)), budget("relations"))
+    caption_of = ops.arange(batch, dtype="int32")[:, None] * e_max
+    subject_packed = ops.take(entity_inverse, ops.reshape(caption_of + subject, (-1,)), axis=0)
+    object_packed = ops.take(entity_inverse, ops.reshape(caption_of + obj, (-1,)), axis=0)
+    # Per-entity caps: at most R active (as subject) and R passive messages, in parse order.
+    earlier = ops.cast(ops.arange(k_max)[None, :] < ops.arange(k_max)[:, None], "bool")  # [k, j]: j < k
+    real_pair = ops.logical_and(relation_real[:, :, None], relation_real[:, None, :])
+
+    def within_cap(ends):
+        same = ops.logical_and(ends[:, :, None] == ends[:, None, :], real_pair)
+        rank = ops.sum(ops.cast(ops.logical_and(same, earlier[None]), "int32"), axis=-1)
+        return ops.reshape(ops.logical_and(relation_real, rank < r_cap), (-1,))
+
+    def packed_weight(flag):
+        return ops.cast(ops.logical_and(ops.take(flag, rel_slot, axis=0), rel_valid), "float32")
+
+    one_s = ops.one_hot(subject, e_max) * ops.cast(relation_real, "float32")[:, :, None]
+    one_o = ops.one_hot(obj, e_max) * ops.cast(relation_real, "float32")[:, :, None]
+    edges = ops.einsum("bke,bkf->bef", one_s, one_o)
+    kept = ops.cast(ops.reshape(entity_inverse < num_entities, (-1, e_max)), "float32")
+    adjacency = ops.minimum(edges + ops.transpose(edges, (0, 2, 1)) + kept[:, :, None] * ops.eye(e_max)[None], 1.0)
+    adjacency = adjacency * kept[:, :, None] * kept[:, None, :]
+    return {
+        "entity_slot": entity_slot,
+        "entity_inverse": entity_inverse,
+        "entity_counts": ops.cast(ops.sum(kept, axis=1), "int32"),
+        "attribute_packed_slot": attr_slot,
+        "attribute_index": attribute_index,
+        "attribute_slot": attribute_slot,
+        "relation_packed_slot": rel_slot,
+        "relation_subject": ops.where(rel_valid, ops.take(subject_packed, rel_slot, axis=0), num_entities),
+        "relation_object": ops.where(rel_valid, ops.take(object_packed, rel_slot, axis=0), num_entities),
+        "active_weight": packed_weight(within_cap(subject)),
+        "passive_weight": packed_weight(within_cap(obj)),
+        "adjacency": adjacency,
+    }
+
+
+def example_inputs(config: ModelConfig, batch_size: int = 1) -> dict[str, np.ndarray]:
+    """A tiny valid batch (one entity, one attribute, one relation)."""
+    arrays = {}
+    for name, (shape, dtype) in {**image_specs(config), **caption_specs(config)}.items():
+        arrays[name] = np.zeros((batch_size, *shape), dtype=dtype)
+    arrays["region_counts"][:] = 1
+    arrays["entity_tokens"][:, :2, :3] = [2, 5, 3]
+    arrays["attribute_tokens"][:, 0, 0, :3] = [2, 6, 3]
+    arrays["relation_tokens"][:, 0, :3] = [2, 7, 3]
+    arrays["relation_object"][:, 0] = 1
+    return arrays
+
