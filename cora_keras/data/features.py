@@ -92,7 +92,9 @@ class PrecompFeatures(RegionFeatures):
         try:
             self.array = np.load(self.path, mmap_mode="r")
         except ValueError as error:
-            raise FeatureError(f"{self.path}: not a readable .npy file ({error})") from None
+            raise FeatureError(
+                f"{self.path}: not a readable .npy file ({error})"
+            ) from None
         _check_array(self.array, 3, region_shape, str(self.path), "(n_images, N, F)")
         super().__init__()
 
@@ -164,7 +166,9 @@ def open_features(
         return PrecompFeatures(data_dir / f"{split}_ims.npy", region_shape)
     if layout == "per_image":
         return PerImageFeatures(data_dir / "region_feats" / split, region_shape)
-    raise FeatureError(f"data.features: unknown layout {layout!r}; use precomp or per_image")
+    raise FeatureError(
+        f"data.features: unknown layout {layout!r}; use precomp or per_image"
+    )
 
 
 def check_finite(store: RegionFeatures, chunk: int = 256) -> None:
@@ -200,9 +204,7 @@ def _check_array(
     wrong_rank = array.ndim != ndim
     if wrong_rank or (region_shape is not None and found[-2:] != tuple(region_shape)):
         shown = ", ".join(str(d) for d in expected)
-        raise FeatureError(
-            f"{where}: shape {found}, expected {layout} = ({shown})"
-        )
+        raise FeatureError(f"{where}: shape {found}, expected {layout} = ({shown})")
 
 
 def _load_file(path: Path, region_shape: Optional[tuple[int, int]]) -> np.ndarray:
@@ -230,7 +232,8 @@ def _count_per_image_files(root: Path) -> int:
             if part.name != f"part{index // PER_IMAGE_PART_SIZE}":
                 raise FeatureError(
                     f"{entry.path}: image {index} belongs in "
-                    f"part{index // PER_IMAGE_PART_SIZE} (k = i // {PER_IMAGE_PART_SIZE})"
+                    f"part{index // PER_IMAGE_PART_SIZE} "
+                    f"(k = i // {PER_IMAGE_PART_SIZE})"
                 )
             found.add(index)
     if not found:

@@ -7,7 +7,13 @@ from cora_keras.config import Config
 from cora_keras.data import datasets
 from cora_keras.data.datasets import DatasetError, load_split
 from cora_keras.data.features import FeatureError
-from cora_keras.scene_graph.schema import Entity, Relation, SceneGraph, read_jsonl, write_jsonl
+from cora_keras.scene_graph.schema import (
+    Entity,
+    Relation,
+    SceneGraph,
+    read_jsonl,
+    write_jsonl,
+)
 from cora_keras.scene_graph.vocabulary import SPECIAL_TOKENS, Vocabulary
 
 WORDS = "dog cat ball tree man woman car hat".split()
@@ -55,14 +61,18 @@ def _captions(n_images, seed=0):
 
 def _write(data_dir, split, n_images, captions=None):
     captions = captions if captions is not None else _captions(n_images)
-    (data_dir / f"{split}_caps.txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
+    (data_dir / f"{split}_caps.txt").write_text(
+        "\n".join(captions) + "\n", encoding="utf-8"
+    )
     features = np.random.default_rng(1).random((n_images, 3, 4)).astype(np.float32)
     np.save(data_dir / f"{split}_ims.npy", features)
     return captions, features
 
 
 def _write_vocab(data_dir):
-    Vocabulary([*SPECIAL_TOKENS, *WORDS, "near"], {}, {}, []).save(data_dir / "vocab.json")
+    Vocabulary([*SPECIAL_TOKENS, *WORDS, "near"], {}, {}, []).save(
+        data_dir / "vocab.json"
+    )
 
 
 def test_load_split_parses_once_then_uses_the_cache(tmp_path, parses):
@@ -92,7 +102,9 @@ def test_changed_captions_are_reparsed(tmp_path, parses):
     split = load_split(tmp_path, "dev", _config())
     assert parses == [captions, changed]
     assert split.graphs[3].caption == "man hat car"
-    assert read_jsonl(tmp_path / "scene_graphs" / "dev.jsonl")[3].caption == "man hat car"
+    assert (
+        read_jsonl(tmp_path / "scene_graphs" / "dev.jsonl")[3].caption == "man hat car"
+    )
 
 
 def test_user_graphs_without_hash_are_used_as_they_are(tmp_path, parses):
@@ -114,12 +126,15 @@ def test_user_graphs_out_of_step_name_the_first_differing_line(tmp_path, parses)
     graphs_path = tmp_path / "scene_graphs" / "test.jsonl"
     shifted = fake_parse(captions[:2] + captions[3:] + ["dog dog dog"])
     write_jsonl(shifted, graphs_path)
-    with pytest.raises(DatasetError, match=r"test\.jsonl: graphs out of step with captions at line 3"):
+    with pytest.raises(
+        DatasetError, match=r"test\.jsonl: graphs out of step with captions at line 3"
+    ):
         load_split(tmp_path, "test", _config())
     write_jsonl(fake_parse(captions[:4]), graphs_path)
     with pytest.raises(
         DatasetError,
-        match=r"graphs out of step with captions at line 5: 4 graphs for the 5 captions of .*test_caps\.txt",
+        match=r"graphs out of step with captions at line 5: "
+        r"4 graphs for the 5 captions of .*test_caps\.txt",
     ):
         load_split(tmp_path, "test", _config())
     assert parses == []
@@ -152,7 +167,10 @@ def test_feature_shape_comes_from_the_config(tmp_path, parses):
     _write_vocab(tmp_path)
     config = _config()
     config.model.region_feature_size = 2048
-    with pytest.raises(FeatureError, match=r"test_ims\.npy: shape \(1, 3, 4\), expected .*\(n, 3, 2048\)"):
+    with pytest.raises(
+        FeatureError,
+        match=r"test_ims\.npy: shape \(1, 3, 4\), expected .*\(n, 3, 2048\)",
+    ):
         load_split(tmp_path, "test", config)
 
 
@@ -160,7 +178,9 @@ def test_per_image_layout_from_the_config(tmp_path, parses):
     _, features = _write(tmp_path, "test", 2)
     _write_vocab(tmp_path)
     for i, image in enumerate(features):
-        (tmp_path / "region_feats" / "test" / "part0").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "region_feats" / "test" / "part0").mkdir(
+            parents=True, exist_ok=True
+        )
         np.save(tmp_path / "region_feats" / "test" / "part0" / f"{i}.npy", image)
     (tmp_path / "test_ims.npy").unlink()
     config = _config()
@@ -215,7 +235,9 @@ def test_vocabulary_is_built_from_the_train_split_when_missing(
 
 def test_vocabulary_missing_without_train_captions(tmp_path, parses):
     _write(tmp_path, "test", 1)
-    with pytest.raises(DatasetError, match=r"vocab\.json: vocabulary not found, and .*train_caps\.txt"):
+    with pytest.raises(
+        DatasetError, match=r"vocab\.json: vocabulary not found, and .*train_caps\.txt"
+    ):
         load_split(tmp_path, "test", _config())
 
 
@@ -241,6 +263,7 @@ def test_cache_with_matching_hash_but_wrong_line_count(tmp_path, parses):
     load_split(tmp_path, "test", _config())
     write_jsonl(fake_parse(captions[:4]), tmp_path / "scene_graphs" / "test.jsonl")
     with pytest.raises(
-        DatasetError, match=r"test\.jsonl holds 4 graphs but .*test_caps\.txt holds 5 captions"
+        DatasetError,
+        match=r"test\.jsonl holds 4 graphs but .*test_caps\.txt holds 5 captions",
     ):
         load_split(tmp_path, "test", _config())

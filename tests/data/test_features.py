@@ -16,7 +16,11 @@ from cora_keras.data.features import (
 
 
 def _array(n=7, regions=3, size=4, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, regions, size)).astype(np.float32)
+    return (
+        np.random.default_rng(seed)
+        .standard_normal((n, regions, size))
+        .astype(np.float32)
+    )
 
 
 def _write_per_image(root, array, part_size):
@@ -53,17 +57,25 @@ def test_per_image_layout_reads_like_precomp(tmp_path, monkeypatch):
     array = _array(n=8)
     np.save(tmp_path / "train_ims.npy", array)
     _write_per_image(tmp_path / "region_feats" / "train", array, part_size=3)
-    assert sorted(os.listdir(tmp_path / "region_feats" / "train")) == ["part0", "part1", "part2"]
+    assert sorted(os.listdir(tmp_path / "region_feats" / "train")) == [
+        "part0",
+        "part1",
+        "part2",
+    ]
     precomp = open_features(tmp_path, "train", "precomp", (3, 4))
     per_image = open_features(tmp_path, "train", "per_image", (3, 4))
     assert per_image.shape == precomp.shape == (8, 3, 4)
     for indices in ([0], [7, 3, 3, 0], list(range(8))):
-        np.testing.assert_array_equal(per_image.read_many(indices), precomp.read_many(indices))
+        np.testing.assert_array_equal(
+            per_image.read_many(indices), precomp.read_many(indices)
+        )
     assert PerImageFeatures(tmp_path / "region_feats" / "train").shape == (8, 3, 4)
 
 
 def test_missing_files_name_the_path(tmp_path, monkeypatch):
-    with pytest.raises(FeatureError, match=r"test_ims\.npy: region feature file not found"):
+    with pytest.raises(
+        FeatureError, match=r"test_ims\.npy: region feature file not found"
+    ):
         open_features(tmp_path, "test", "precomp")
     with pytest.raises(FeatureError, match=r"region_feats/test: region feature folder"):
         open_features(tmp_path, "test", "per_image")
@@ -71,7 +83,9 @@ def test_missing_files_name_the_path(tmp_path, monkeypatch):
     root = tmp_path / "region_feats" / "test"
     _write_per_image(root, _array(n=6), part_size=3)
     os.remove(root / "part1" / "4.npy")
-    with pytest.raises(FeatureError, match=r"part1/4\.npy: region feature file not found"):
+    with pytest.raises(
+        FeatureError, match=r"part1/4\.npy: region feature file not found"
+    ):
         PerImageFeatures(root)
 
 
@@ -80,7 +94,9 @@ def test_per_image_file_removed_after_opening_names_the_path(tmp_path):
     _write_per_image(root, _array(n=2), part_size=5000)
     store = PerImageFeatures(root, (3, 4))
     os.remove(root / "part0" / "1.npy")
-    with pytest.raises(FeatureError, match=r"part0/1\.npy: region feature file not found"):
+    with pytest.raises(
+        FeatureError, match=r"part0/1\.npy: region feature file not found"
+    ):
         store.read(1)
 
 
@@ -94,28 +110,38 @@ def test_misplaced_per_image_file(tmp_path):
 
 def test_wrong_dtype(tmp_path):
     np.save(tmp_path / "dev_ims.npy", _array().astype(np.float64))
-    with pytest.raises(FeatureError, match=r"dev_ims\.npy: dtype float64, expected float32"):
+    with pytest.raises(
+        FeatureError, match=r"dev_ims\.npy: dtype float64, expected float32"
+    ):
         open_features(tmp_path, "dev", "precomp")
     root = tmp_path / "region_feats" / "dev"
     _write_per_image(root, _array(n=2).astype(np.float16), part_size=5000)
-    with pytest.raises(FeatureError, match=r"part0/0\.npy: dtype float16, expected float32"):
+    with pytest.raises(
+        FeatureError, match=r"part0/0\.npy: dtype float16, expected float32"
+    ):
         PerImageFeatures(root)
 
 
 def test_wrong_shape_names_file_expected_and_found(tmp_path):
     np.save(tmp_path / "a_ims.npy", np.zeros((5, 12), np.float32))
     with pytest.raises(
-        FeatureError, match=r"a_ims\.npy: shape \(5, 12\), expected \(n_images, N, F\) = \(n, 3, 4\)"
+        FeatureError,
+        match=r"a_ims\.npy: shape \(5, 12\), expected \(n_images, N, F\) = \(n, 3, 4\)",
     ):
         open_features(tmp_path, "a", "precomp", (3, 4))
     np.save(tmp_path / "b_ims.npy", np.zeros((5, 36, 4), np.float32))
-    with pytest.raises(FeatureError, match=r"b_ims\.npy: shape \(5, 36, 4\), expected .* = \(n, 3, 4\)"):
+    with pytest.raises(
+        FeatureError, match=r"b_ims\.npy: shape \(5, 36, 4\), expected .* = \(n, 3, 4\)"
+    ):
         open_features(tmp_path, "b", "precomp", (3, 4))
     root = tmp_path / "region_feats" / "c"
     _write_per_image(root, _array(n=3), part_size=5000)
     np.save(root / "part0" / "2.npy", np.zeros((3, 5), np.float32))
     store = PerImageFeatures(root, (3, 4))
-    with pytest.raises(FeatureError, match=r"part0/2\.npy: shape \(3, 5\), expected \(N, F\) = \(3, 4\)"):
+    with pytest.raises(
+        FeatureError,
+        match=r"part0/2\.npy: shape \(3, 5\), expected \(N, F\) = \(3, 4\)",
+    ):
         store.read(2)
 
 
@@ -140,7 +166,9 @@ def test_non_finite_is_caught_when_read_and_by_the_full_scan(tmp_path, bad):
     np.save(tmp_path / "t_ims.npy", array)
     store = PrecompFeatures(tmp_path / "t_ims.npy")
     np.testing.assert_array_equal(store.read_many([0, 5, 7]), array[[0, 5, 7]])
-    with pytest.raises(FeatureError, match=r"t_ims\.npy \[image 6\]: image 6 has NaN or Inf"):
+    with pytest.raises(
+        FeatureError, match=r"t_ims\.npy \[image 6\]: image 6 has NaN or Inf"
+    ):
         store.read_many([7, 6, 8])
     for chunk in (1, 3, 100):
         with pytest.raises(FeatureError, match=r"image 6 has NaN or Inf"):

@@ -1,0 +1,394 @@
+"""Batches of model inputs from a split: training (sampled) and evaluation.
+
+Batches are assembled in numpy (`TrainingBatches`, `ImageBatches`,
+`CaptionBatches`) and wrapped in tf.data by `training_dataset` and
+`evaluation_dataset`. Training draws every random choice of a caption
+(scene graph sampling, region dropout) from a generator seeded by
+(seed, epoch, caption index), so batches do not depend on thread
+scheduling; the caption order is a permutation seeded by (seed, epoch).
+Shapes follow `cora_keras/inputs.py`; training batches have the static
+batch size `train.batch_size` (the remainder of an epoch is dropped).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Protocol
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cora_keras.config import Config, ModelConfig
+from cora_keras.data.datasets import CAPTIONS_PER_IMAGE, Split
+from cora_keras.inputs import (
+    CAPTION_INPUTS,
+    IMAGE_INPUTS,
+    TARGETS,
+    caption_specs,
+    image_specs,
+    phrase_budgets,
+    target_specs,
+)
+from cora_keras.scene_graph.schema import SceneGraph
+
+Arrays = dict[str, np.ndarray]
+
+BUDGET_KEYS = {
+    "entities": "model.entity_budget",
+    "attributes": "model.attribute_budget",
+    "relations": "model.relation_budget",
+}
+
+
+class CaptionEncoder(Protocol):
+    """What the pipeline needs of `scene_graph.encode.GraphEncoder`."""
+
+    def encode(
+        self, graph: SceneGraph, rng: Optional[np.random.Generator]
+    ) -> Arrays: ...
+
+
+class PhraseBudgetError(ValueError):
+    """A batch holds more real phrases than the model's static budget."""
+
+
+def check_phrase_budgets(captions: Arrays, model_config: ModelConfig) -> None:
+    """Raise PhraseBudgetError when a batch of captions overflows a budget."""
+    batch_size = len(captions["entity_tokens"])
+    budgets = phrase_budgets(model_config, batch_size)
+    counts = {
+        "entities": _real_phrases(captions["entity_tokens"]),
+        "attributes": _real_phrases(captions["attribute_tokens"]),
+        "relations": _real_phrases(captions["relation_tokens"]),
+    }
+    for kind, count in counts.items():
+        if count > budgets[kind]:
+            key = BUDGET_KEYS[kind]
+            value = getattr(model_config, key.split(".")[1])
+            raise PhraseBudgetError(
+                f"a batch of {batch_size} captions holds {count} real {kind}, over "
+                f"the {kind} budget of {budgets[kind]}; raise {key} (now {value} "
+                "per caption)"
+            )
+
+
+def drop_regions(
+    regions: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Move the kept rows of each image to the front, in order; zero the rest.
+
+    Args:
+        regions: (B, N, F) features.
+        keep: (B, N) bool, at least one True per image.
+
+    Returns:
+        The (B, N, F) dropped-out features and the (B,) int32 kept counts.
+    """
+    counts = keep.sum(axis=1)
+    out = np.empty_like(regions)
+    for row, (mask, count) in enumerate(zip(keep, counts)):
+        out[row, :count] = regions[row, mask]
+        out[row, count:] = 0
+    return out, counts.astype(np.int32)
+
+
+def region_keep_mask(
+    rng: np.random.Generator, num_regions: int, drop: float
+) -> np.ndarray:
+    """(N,) bool: each region dropped with p `drop`, at least one kept."""
+    keep = rng.random(num_regions) >= drop
+    if not keep.any():
+        keep[rng.integers(num_regions)] = True
+    return keep
+
+
+class TrainingBatches:
+    """Sampled training batches of one split, in numpy.
+
+    One epoch visits every caption once in an order seeded by (seed, epoch);
+    a batch holds `train.batch_size` captions with their images.
+
+    Args:
+        split: the split to read.
+        encoder: turns a scene graph into caption inputs and targets.
+        config: the run's config (shapes, augmentation, batch size).
+        seed: the seed of every random choice.
+    """
+
+    def __init__(
+        self, split: Split, encoder: CaptionEncoder, config: Config, seed: int
+    ) -> None:
+        self.split = split
+        self.encoder = encoder
+        self.config = config
+        self.seed = seed
+        self.batch_size = config.train.batch_size
+        specs = {**caption_specs(config.model), **target_specs(config.model)}
+        self._encoded_specs = {k: v for k, v in specs.items() if k != "image_ids"}
+        self.steps_per_epoch = split.num_captions // self.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"split {split.name!r} has {split.num_captions} captions, fewer "
+                f"than one batch (train.batch_size = {self.batch_size})"
+            )
+        if not 0.0 <= config.augment.region_drop <= 1.0:
+            raise ValueError(
+                f"augment.region_drop = {config.augment.region_drop}: not a "
+                "probability in [0, 1]"
+            )
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The caption indices of `epoch`, batch after batch."""
+        return np.random.default_rng([self.seed, epoch]).permutation(
+            self.split.num_captions
+        )
+
+    def batch(self, epoch: int, caption_indices: np.ndarray) -> tuple[Arrays, Arrays]:
+        """(x, y) for these captions, sampled with their (seed, epoch, index) rngs."""
+        model = self.config.model
+        drop = self.config.augment.region_drop
+        keep = np.empty((len(caption_indices), model.num_regions), dtype=bool)
+        encoded = []
+        for row, index in enumerate(caption_indices):
+            rng = np.random.default_rng([self.seed, epoch, int(index)])
+            keep[row] = region_keep_mask(rng, model.num_regions, drop)
+            encoded.append(self.encoder.encode(self.split.graphs[index], rng))
+        captions = _stack(encoded, self._encoded_specs)
+        check_phrase_budgets(captions, model)
+        image_ids = np.asarray(caption_indices, np.int64) // CAPTIONS_PER_IMAGE
+        regions, counts = drop_regions(self.split.features.read_many(image_ids), keep)
+        x = {"regions": regions, "region_counts": counts}
+        x.update((name, captions[name]) for name in CAPTION_INPUTS)
+        y = {name: captions[name] for name in TARGETS if name != "image_ids"}
+        y["image_ids"] = image_ids.astype(np.int32)
+        return x, y
+
+    def caption_batches(self, epoch: int) -> Iterator[np.ndarray]:
+        """The caption indices of each batch of `epoch`, in order."""
+        order = self.order(epoch)
+        for step in range(self.steps_per_epoch):
+            yield order[step * self.batch_size : (step + 1) * self.batch_size]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Arrays, Arrays]]:
+        """Every (x, y) batch of `epoch`, in order (single-threaded numpy)."""
+        for indices in self.caption_batches(epoch):
+            yield self.batch(epoch, indices)
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """The split's images in order, all regions valid: x dicts for predict.
+
+    Args:
+        split: the split to read.
+        batch_size: images per batch (the last batch may be smaller).
+    """
+
+    def __init__(self, split: Split, batch_size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.split = split
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.split.num_images / self.batch_size)
+
+    def __getitem__(self, index: int) -> Arrays:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range [0, {len(self)})")
+        images = np.arange(
+            index * self.batch_size,
+            min((index + 1) * self.batch_size, self.split.num_images),
+        )
+        regions = self.split.features.read_many(images)
+        counts = np.full(len(images), regions.shape[1], dtype=np.int32)
+        return {"regions": regions, "region_counts": counts}
+
+
+class CaptionBatches(keras.utils.PyDataset):
+    """The split's captions in order, not sampled: x dicts for predict.
+
+    Args:
+        split: the split to read.
+        encoder: turns a scene graph into caption inputs (rng None).
+        model_config: shapes and phrase budgets.
+        batch_size: captions per batch (the last batch may be smaller).
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        encoder: CaptionEncoder,
+        model_config: ModelConfig,
+        batch_size: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.split = split
+        self.encoder = encoder
+        self.model_config = model_config
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(self.split.num_captions / self.batch_size)
+
+    def __getitem__(self, index: int) -> Arrays:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range [0, {len(self)})")
+        graphs = self.split.graphs[
+            index * self.batch_size : (index + 1) * self.batch_size
+        ]
+        encoded = [self.encoder.encode(graph, None) for graph in graphs]
+        captions = _stack(encoded, caption_specs(self.model_config))
+        check_phrase_budgets(captions, self.model_config)
+        return {name: captions[name] for name in CAPTION_INPUTS}
+
+
+def training_dataset(
+    split: Split,
+    encoder: CaptionEncoder,
+    config: Config,
+    seed: int,
+    *,
+    first_epoch: int = 0,
+) -> tf.data.Dataset:
+    """(x, y) batches of `train.batch_size` captions; one iteration = one epoch.
+
+    The k-th iteration over the dataset is epoch `first_epoch + k`: its
+    order and sampling depend only on (seed, epoch). Batches are built in
+    `data.parallel_calls` threads, in order, and prefetched.
+    """
+    batches = TrainingBatches(split, encoder, config, seed)
+    epochs = itertools.count(first_epoch)
+
+    def caption_index_batches() -> Iterator[tuple[int, np.ndarray]]:
+        epoch = next(epochs)
+        for indices in batches.caption_batches(epoch):
+            yield epoch, indices
+
+    specs = {
+        **image_specs(config.model),
+        **caption_specs(config.model),
+        **target_specs(config.model),
+    }
+
+    def build(epoch: np.ndarray, indices: np.ndarray) -> Arrays:
+        x, y = batches.batch(int(epoch), indices)
+        return {**x, **y}
+
+    def build_tensors(epoch: tf.Tensor, indices: tf.Tensor) -> tuple[dict, dict]:
+        tensors = _numpy_batch(build, [epoch, indices], specs, batches.batch_size)
+        x = {name: tensors[name] for name in (*IMAGE_INPUTS, *CAPTION_INPUTS)}
+        return x, {name: tensors[name] for name in TARGETS}
+
+    dataset = tf.data.Dataset.from_generator(
+        caption_index_batches,
+        output_signature=(
+            tf.TensorSpec((), tf.int64),
+            tf.TensorSpec((batches.batch_size,), tf.int64),
+        ),
+    )
+    dataset = dataset.map(
+        build_tensors,
+        num_parallel_calls=config.data.parallel_calls,
+        deterministic=True,
+    )
+    dataset = dataset.apply(
+        tf.data.experimental.assert_cardinality(batches.steps_per_epoch)
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass(frozen=True)
+class EvaluationDatasets:
+    """Images and captions of a split in order, for encoding then ranking.
+
+    Attributes:
+        images: x dicts of the n images (image inputs).
+        captions: x dicts of the 5n captions (caption inputs); caption i
+            belongs to image i // 5.
+    """
+
+    images: tf.data.Dataset
+    captions: tf.data.Dataset
+
+
+def evaluation_dataset(
+    split: Split,
+    encoder: CaptionEncoder,
+    config: Config,
+    batch_size: Optional[int] = None,
+) -> EvaluationDatasets:
+    """The split's images and captions in order: no sampling, no dropout.
+
+    Args:
+        batch_size: items per batch; default `train.eval_batch_size`. The
+            last batch of each dataset may be smaller.
+    """
+    batch_size = batch_size or config.train.eval_batch_size
+    images = ImageBatches(split, batch_size)
+    captions = CaptionBatches(split, encoder, config.model, batch_size)
+    return EvaluationDatasets(
+        images=_ordered_dataset(images, image_specs(config.model), config),
+        captions=_ordered_dataset(captions, caption_specs(config.model), config),
+    )
+
+
+def _ordered_dataset(
+    batches: keras.utils.PyDataset,
+    specs: dict[str, tuple[tuple[int, ...], str]],
+    config: Config,
+) -> tf.data.Dataset:
+    """tf.data over the batches of a PyDataset, in index order."""
+
+    def build(index: np.ndarray) -> Arrays:
+        return batches[int(index)]
+
+    dataset = tf.data.Dataset.range(len(batches)).map(
+        lambda index: _numpy_batch(build, [index], specs, None),
+        num_parallel_calls=config.data.parallel_calls,
+        deterministic=True,
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _numpy_batch(
+    build: Callable[..., Arrays],
+    args: list[tf.Tensor],
+    specs: dict[str, tuple[tuple[int, ...], str]],
+    batch_size: Optional[int],
+) -> dict[str, tf.Tensor]:
+    """`build(*args)` run as a numpy_function; its arrays named, typed, shaped."""
+    names = list(specs)
+
+    def flat(*arrays: np.ndarray) -> list[np.ndarray]:
+        batch = build(*arrays)
+        return [batch[name] for name in names]
+
+    tensors = tf.numpy_function(
+        flat, args, [tf.as_dtype(specs[name][1]) for name in names]
+    )
+    for tensor, name in zip(tensors, names):
+        tensor.set_shape((batch_size, *specs[name][0]))
+    return dict(zip(names, tensors))
+
+
+def _stack(
+    encoded: list[Arrays], specs: dict[str, tuple[tuple[int, ...], str]]
+) -> Arrays:
+    """Stack the encoder's per-caption arrays named in `specs`, checking shapes."""
+    out = {}
+    for name, (shape, dtype) in specs.items():
+        stacked = np.stack([e[name] for e in encoded]).astype(dtype, copy=False)
+        if stacked.shape[1:] != shape:
+            raise ValueError(
+                f"encoder output {name!r} has shape {stacked.shape[1:]} per caption, "
+                f"expected {shape} (cora_keras/inputs.py)"
+            )
+        out[name] = stacked
+    return out
+
+
+def _real_phrases(tokens: np.ndarray) -> int:
+    return int((tokens != 0).any(axis=-1).sum())
