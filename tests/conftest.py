@@ -1,6 +1,10 @@
 """Shared pytest setup: `tf_only` tests run only on the TensorFlow backend."""
 
-import keras
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
 import pytest
 
 
