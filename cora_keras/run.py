@@ -1,0 +1,62 @@
+"""A training run directory, read back: config, model with weights, vocabulary.
+
+Layout (written by training): `config.yaml` (the whole `Config`),
+`vocab.json` (the `Vocabulary` the captions were encoded with),
+`best.weights.h5` (best dev RSUM) and `last.weights.h5` (end of the last
+epoch). Readers take the best weights when present, else the last.
+Keras is imported only by `load_run`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cora_keras.config import Config, load_config
+from cora_keras.scene_graph.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from cora_keras.model import CoraModel
+
+CONFIG_FILE = "config.yaml"
+VOCAB_FILE = "vocab.json"
+BEST_WEIGHTS_FILE = "best.weights.h5"
+LAST_WEIGHTS_FILE = "last.weights.h5"
+
+
+class RunError(ValueError):
+    """A run directory lacks a file or its files disagree."""
+
+
+def weights_path(run_dir: str | os.PathLike) -> Path:
+    """`best.weights.h5` of the run, else `last.weights.h5`."""
+    run_dir = Path(run_dir)
+    for name in (BEST_WEIGHTS_FILE, LAST_WEIGHTS_FILE):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise RunError(
+        f"{run_dir}: no weights file ({BEST_WEIGHTS_FILE} or {LAST_WEIGHTS_FILE})"
+    )
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[Config, CoraModel, Vocabulary]:
+    """The run's config, its model with the run's weights, and its vocabulary."""
+    from cora_keras.model import CoraModel
+
+    run_dir = Path(run_dir)
+    for name in (CONFIG_FILE, VOCAB_FILE):
+        if not (run_dir / name).is_file():
+            raise RunError(f"{run_dir / name}: file not found (is {run_dir} a run directory?)")
+    weights = weights_path(run_dir)
+    config = load_config(run_dir / CONFIG_FILE)
+    vocabulary = Vocabulary.load(run_dir / VOCAB_FILE)
+    if len(vocabulary) > config.model.vocab_size:
+        raise RunError(
+            f"{run_dir / VOCAB_FILE} holds {len(vocabulary)} words but "
+            f"{run_dir / CONFIG_FILE} has model.vocab_size = {config.model.vocab_size}"
+        )
+    model = CoraModel(config.model, config.loss)
+    model.build()
+    model.load_weights(weights)
+    return config, model, vocabulary
