@@ -14,9 +14,10 @@ class LengthMaskedGRU(keras.layers.Layer):
     `reset_after=True`), with separate input and recurrent biases. Weights
     use the Keras layout: `kernel` (d, 3u) and `recurrent_kernel` (u, 3u)
     with gate columns (z, r, h), `bias` (2, 3u) = input and recurrent bias.
-    The input projection of all steps is one matmul; steps past a row's
-    length leave its state unchanged, so the final state is the state
-    after the row's last real token.
+    The input projection of all steps is one matmul and the recurrence is
+    a `keras.ops.scan` (a compact graph on every backend); steps past a
+    row's length leave its state unchanged, so the final state is the
+    state after the row's last real token.
 
     Args:
         units: hidden size u.
@@ -42,21 +43,22 @@ class LengthMaskedGRU(keras.layers.Layer):
         """inputs (b, T, d), lengths (b,) -> final state (b, u) [, states (b, T, u)]."""
         u = self.units
         steps = inputs.shape[1]
-        projected = ops.matmul(inputs, self.kernel) + self.bias[0]
-        lengths = ops.cast(lengths, "int32")
-        state = ops.zeros((ops.shape(inputs)[0], u), dtype=inputs.dtype)
-        states = []
-        for t in range(steps):
-            x = projected[:, t, :]
+        projected = ops.transpose(ops.matmul(inputs, self.kernel) + self.bias[0], (1, 0, 2))
+        active = ops.arange(steps, dtype="int32")[:, None] < ops.cast(lengths, "int32")[None, :]
+
+        def step(state, step_inputs):
+            x, keep = step_inputs
             h = ops.matmul(state, self.recurrent_kernel) + self.bias[1]
             z = ops.sigmoid(x[:, :u] + h[:, :u])
             r = ops.sigmoid(x[:, u : 2 * u] + h[:, u : 2 * u])
             n = ops.tanh(x[:, 2 * u :] + r * h[:, 2 * u :])
-            new_state = (1.0 - z) * n + z * state
-            state = ops.where((lengths > t)[:, None], new_state, state)
-            states.append(state)
+            state = ops.where(keep[:, None], (1.0 - z) * n + z * state, state)
+            return state, state
+
+        initial = ops.zeros((ops.shape(inputs)[0], u), dtype=inputs.dtype)
+        state, states = ops.scan(step, initial, (projected, active), length=steps)
         if self.return_sequences:
-            return state, ops.stack(states, axis=1)
+            return state, ops.transpose(states, (1, 0, 2))
         return state
 
     def get_config(self):
