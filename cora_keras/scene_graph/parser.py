@@ -70,6 +70,8 @@ ADJECTIVE_PART_DEPS = frozenset(
 CLAUSE_EDGE_DEPS = frozenset(
     {"nsubj", "nsubjpass", "aux", "auxpass", "conj", "cc", "punct", "mark", "expl", "compound"}
 )
+# Labels of a clause's verb.
+CLAUSE_DEPS = frozenset({"acl", "relcl", "advcl", "xcomp", "ccomp"})
 # Verbs of a clause whose subject is the subject of the verb they hang on.
 SUBJECT_SHARING_DEPS = frozenset({"conj", "xcomp", "advcl", "pcomp", "ccomp"})
 
@@ -142,6 +144,23 @@ QUANTITY_NOUNS = frozenset(
         "dozen", "dozens", "array", "selection", "mix", "kind", "kinds", "type",
         "types", "sort", "all", "some", "most", "many", "few", "several", "one",
         "two", "three", "each", "both", "none", "part", "portion", "bit", "bits",
+        "ton", "tons", "loads", "heap", "heaps",
+    }
+)
+# Nouns that frame a whole caption: "a picture of a dog" is about the dog.
+FRAME_NOUNS = frozenset(
+    {"picture", "photo", "photograph", "image", "view", "shot", "snapshot", "closeup", "close-up", "pic"}
+)
+# Containers: "a bowl of fruit" -> (bowl, has, fruit), not the other way round.
+CONTAINER_NOUNS = frozenset(
+    {
+        "bottle", "bottles", "cup", "cups", "glass", "glasses", "bowl", "bowls",
+        "plate", "plates", "box", "boxes", "bag", "bags", "basket", "baskets", "jar",
+        "jars", "can", "cans", "tray", "trays", "pot", "pots", "mug", "mugs",
+        "bucket", "buckets", "carton", "cartons", "container", "containers", "pan",
+        "pans", "crate", "crates", "vase", "vases", "platter", "platters", "dish",
+        "dishes", "pitcher", "sack", "sacks", "pack", "packs", "package", "bin",
+        "bins", "barrel", "barrels", "cart", "carts", "truckload", "shelf", "shelves",
     }
 )
 # Nouns of place that form complex prepositions: "on top of", "in front of".
@@ -293,7 +312,10 @@ def _is_copula(word: Word) -> bool:
 
 
 def _is_verb(word: Word) -> bool:
-    return word.tag in VERB_TAGS
+    """A verb, or a participle the tagger took for a noun ("giraffe [standing] in")."""
+    return word.tag in VERB_TAGS or (
+        word.dep in CLAUSE_DEPS and word.tag in NOUN_TAGS and word.lower.endswith(("ing", "ed"))
+    )
 
 
 def _is_adjectival_word(word: Word) -> bool:
@@ -327,6 +349,11 @@ def _of_object(word: Word) -> Word | None:
     return None
 
 
+def _has_own_phrase(noun: Word) -> bool:
+    """Whether a noun has a prepositional or clausal modifier."""
+    return any(c.dep in {"prep", "acl", "relcl"} for c in noun.children)
+
+
 def _is_place_noun(word: Word) -> bool:
     """A noun of place inside a prepositional phrase ("on [the side] of")."""
     return (
@@ -348,9 +375,9 @@ class _GraphBuilder:
         self.words = words
         self.heads = [w for w in words if self._is_entity_head(w)]
         self.index: dict[int, int] = {w.i: k for k, w in enumerate(self.heads)}
-        # Quantity nouns stand for what they count ("group" of people -> people).
+        # "group" of people, "picture" of a dog: the noun stands for its "of" object.
         for word in words:
-            if word.i not in self.index and word.lower in QUANTITY_NOUNS:
+            if word.i not in self.index and self._stands_for_of_object(word):
                 counted = _of_object(word)
                 if counted is not None and counted.i in self.index:
                     self.index[word.i] = self.index[counted.i]
@@ -364,15 +391,27 @@ class _GraphBuilder:
     def _is_entity_head(self, word: Word) -> bool:
         if word.tag not in NOUN_TAGS and not self._is_misread_noun(word):
             return False
+        if _is_verb(word) or self._is_hyphen_prefix(word):
+            return False
         if word.is_punct or (word.dep in NAME_MODIFIER_DEPS and word.head.tag in NOUN_TAGS):
             return False
         if word.lower in COLOURS and _is_adjectival(word):
             return False
-        if word.lower in QUANTITY_NOUNS and _of_object(word) is not None:
+        if self._stands_for_of_object(word) and _of_object(word) is not None:
             return False
         if word.lower in VAGUE_QUANTIFIERS and word.tag not in NOUN_TAGS:
             return False
         return not _is_place_noun(word)
+
+    def _is_hyphen_prefix(self, word: Word) -> bool:
+        """The first part of a hyphenated word ("[alien]-like")."""
+        following = self.words[word.i + 1] if word.i + 1 < len(self.words) else None
+        return word.space == "" and following is not None and following.text == "-" and following.space == ""
+
+    @staticmethod
+    def _stands_for_of_object(word: Word) -> bool:
+        """A quantity noun, or a frame noun heading the caption."""
+        return word.lower in QUANTITY_NOUNS or (word.lower in FRAME_NOUNS and word.is_root)
 
     @staticmethod
     def _is_misread_noun(word: Word) -> bool:
@@ -395,21 +434,48 @@ class _GraphBuilder:
     def _is_head(self, word: Word) -> bool:
         return word.i in self.index and self.heads[self.index[word.i]] is word
 
-    def _group(self, word: Word) -> list[int]:
-        """Entity of word and of the entities coordinated with it."""
+    def _group(self, word: Word, before: int | None = None) -> list[int]:
+        """Entity of word and of the entities coordinated with it.
+
+        With `before`, only conjuncts written before that position count: a
+        subject's conjunct after its predicate is a misattached coordination
+        ("a bathroom with a sink and [a tub]").
+        """
         found: list[int] = []
         for conjunct in _conjuncts(word):
+            if before is not None and conjunct.i > before and conjunct is not word:
+                continue
             entity = self.index.get(conjunct.i)
             if entity is not None and entity not in found:
                 found.append(entity)
         return found
 
-    def _modified_group(self, word: Word) -> list[int]:
-        """Entities a post-modifier of word applies to: all the coordinated
-        nouns when word is the last of them ("a man and a woman [sitting]")."""
-        while word.dep == "conj" and word.head.i in self.index:
+    def _modified_group(self, word: Word, modifier: int) -> list[int]:
+        """Entities a modifier at position `modifier` applies to: all the
+        coordinated nouns before it ("a man and a woman [sitting]"), unless the
+        first of them is itself modified or inside a prepositional phrase
+        ("a man with [red pants and a hat] sitting" is about the hat)."""
+        while (
+            word.dep == "conj"
+            and word.head.i in self.index
+            and word.head.dep != "pobj"
+            and not _has_own_phrase(word.head)
+        ):
             word = word.head
-        return self._group(word)
+        return self._group(word, before=modifier)
+
+    def _object_group(self, word: Word) -> list[int]:
+        """Entities a noun names as an object: it and its plain conjuncts; a
+        conjunct with a phrase of its own is a parallel phrase ("a man with
+        a hat and [a woman with a dog]")."""
+        found: list[int] = []
+        for conjunct in _conjuncts(word):
+            if conjunct is not word and _has_own_phrase(conjunct):
+                continue
+            entity = self.index.get(conjunct.i)
+            if entity is not None and entity not in found:
+                found.append(entity)
+        return found
 
     def _is_name_part(self, child: Word, head: Word) -> bool:
         if child.i > head.i:
@@ -431,12 +497,15 @@ class _GraphBuilder:
             modifier = stack.pop()
             chosen.add(modifier.i)
             stack.extend(c for c in modifier.children if self._is_name_part(c, modifier))
-        first = start = min(chosen)
+        start = min(chosen)
         while start > 0 and self.words[start - 1].space == "" and "-" in (
             self.words[start - 1].text, self.words[start].text
         ):
             start -= 1  # the rest of a hyphenated word: "flat-bed"
-        return self.words[start:first] + [self.words[i] for i in sorted(chosen)]
+        return [
+            w for w in self.words[start:head.i + 1]
+            if w.i in chosen or w.i < min(chosen) or (w.text == "-" and w.space == "")
+        ]
 
     def _fallback_name(self, caption: str) -> str:
         """Head noun of a caption with no entity, else the whole caption."""
@@ -615,7 +684,7 @@ class _GraphBuilder:
         subjects = [c for c in verb.children if c.dep in SUBJECT_DEPS]
         if subjects:
             subject = subjects[-1]
-            group = self._group(subject)
+            group = self._group(subject, before=verb.i)
             if group:
                 return group
             if subject.lower in RELATIVE_PRONOUNS and verb.dep == "relcl":
@@ -629,7 +698,7 @@ class _GraphBuilder:
             if child.dep == "expl":
                 return self._copula_complements(verb)
         if verb.dep in {"acl", "relcl"}:
-            return self._modified_group(verb.head)
+            return self._modified_group(verb.head, verb.i)
         if verb.dep == "amod":
             return self._group(verb.head)
         if verb.dep in SUBJECT_SHARING_DEPS and not verb.is_root:
@@ -654,7 +723,7 @@ class _GraphBuilder:
     def _nearest_entity_before(self, word: Word, excluded: Iterable[int] = ()) -> list[int]:
         excluded = set(excluded)
         before = [h for h in self.heads if h.i < word.i and self.index[h.i] not in excluded]
-        return self._modified_group(before[-1]) if before else []
+        return self._modified_group(before[-1], word.i) if before else []
 
     def _anchor(self, preposition: Word) -> tuple[list[int], list[Word]]:
         """Subjects of a preposition, and the words that lead into it.
@@ -669,7 +738,7 @@ class _GraphBuilder:
         for _ in self.words:
             if current.i in self.descriptive:
                 return self._nearest_entity_before(preposition), prefix
-            group = self._modified_group(current) if current.i in self.index else []
+            group = self._modified_group(current, preposition.i) if current.i in self.index else []
             if group:
                 return group, prefix
             if _is_verb(current):
@@ -692,7 +761,7 @@ class _GraphBuilder:
     def _objects(self, word: Word, subjects: list[int]) -> list[int]:
         """Entities a noun phrase names; "it"/"them" is the entity its clause hangs on."""
         if word.lower not in OBJECT_PRONOUNS:
-            return self._group(word)
+            return self._object_group(word)
         current = word.head
         for _ in self.words:
             entity = self.index.get(current.i)
@@ -737,10 +806,14 @@ class _GraphBuilder:
                     coloured = phrase.lower() in COLOURS
                     self._add_attribute(subjects, phrase if coloured else f"{preposition.text} {phrase}")
 
-    def _of_relation(self, preposition: Word, owned: int) -> None:
-        """ "the leg of the cow" -> (cow, has, leg)."""
+    def _of_relation(self, preposition: Word, owner: int) -> None:
+        """ "the leg of the cow" -> (cow, has, leg); "a bowl of fruit" -> (bowl, has, fruit)."""
+        container = self.heads[owner].lower in CONTAINER_NOUNS
         for word in _objects_of(preposition):
-            self._relate(self._group(word), "has", [owned])
+            if container:
+                self._relate([owner], "has", self._group(word))
+            else:
+                self._relate(self._group(word), "has", [owner])
 
     def _of_owner(self, preposition: Word) -> int | None:
         """The entity an "of" phrase belongs to: its head noun, or, when the
