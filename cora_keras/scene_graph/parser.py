@@ -336,7 +336,7 @@ def _is_adjectival(word: Word) -> bool:
 
 
 def _objects_of(preposition: Word) -> list[Word]:
-    return [c for c in preposition.children if c.dep == "pobj"]
+    return [c for c in preposition.children if c.dep in {"pobj", "pcomp"}]
 
 
 def _of_object(word: Word) -> Word | None:
@@ -364,8 +364,13 @@ def _is_place_noun(word: Word) -> bool:
 
 
 def _is_qualifying_modifier(modifier: Word) -> bool:
-    """A noun modifier that qualifies rather than names ("brick" wall)."""
-    return modifier.lower in MATERIALS or modifier.lower in COLOURS or modifier.tag in ADJECTIVE_TAGS
+    """A noun modifier that qualifies rather than names: a material or colour
+    ("brick" wall), an adjective, or a hyphenated adjective ("two-story")."""
+    if modifier.lower in MATERIALS or modifier.lower in COLOURS or modifier.tag in ADJECTIVE_TAGS:
+        return True
+    lefts = {c.i: c for c in modifier.children if c.i < modifier.i}
+    hyphen, first = lefts.get(modifier.i - 1), lefts.get(modifier.i - 2)
+    return hyphen is not None and hyphen.text == "-" and first is not None and first.tag in {"CD", "JJ"}
 
 
 class _GraphBuilder:
@@ -389,9 +394,12 @@ class _GraphBuilder:
     # ----- entities -------------------------------------------------------
 
     def _is_entity_head(self, word: Word) -> bool:
-        if word.tag not in NOUN_TAGS and not self._is_misread_noun(word):
+        if word.tag in NOUN_TAGS:
+            if _is_verb(word):
+                return False  # a participle tagged as a noun
+        elif not self._is_misread_noun(word):
             return False
-        if _is_verb(word) or self._is_hyphen_prefix(word):
+        if self._is_hyphen_prefix(word):
             return False
         if word.is_punct or (word.dep in NAME_MODIFIER_DEPS and word.head.tag in NOUN_TAGS):
             return False
@@ -416,12 +424,10 @@ class _GraphBuilder:
     @staticmethod
     def _is_misread_noun(word: Word) -> bool:
         """A noun tagged as another word class ("a tattoo"/RB, "on skateboard"/JJ)."""
-        if word.dep not in NOMINAL_DEPS or word.tag in CLOSED_CLASS_TAGS:
-            return False
-        if word.tag == "VBG" and word.dep == "pobj":
+        if word.tag == "VBG" and word.dep in {"pobj", "pcomp"}:
             # "on building": a gerund with no complement of its own
             return all(c.dep in {"det", "amod", "compound", "poss"} for c in word.children)
-        if _is_verb(word):
+        if word.dep not in NOMINAL_DEPS or word.tag in CLOSED_CLASS_TAGS or _is_verb(word):
             return False
         if any(c.dep in DETERMINER_DEPS for c in word.children):
             return True
@@ -497,15 +503,17 @@ class _GraphBuilder:
             modifier = stack.pop()
             chosen.add(modifier.i)
             stack.extend(c for c in modifier.children if self._is_name_part(c, modifier))
-        start = min(chosen)
-        while start > 0 and self.words[start - 1].space == "" and "-" in (
-            self.words[start - 1].text, self.words[start].text
-        ):
-            start -= 1  # the rest of a hyphenated word: "flat-bed"
-        return [
-            w for w in self.words[start:head.i + 1]
-            if w.i in chosen or w.i < min(chosen) or (w.text == "-" and w.space == "")
-        ]
+        for i in sorted(chosen):
+            if i > 1 and self.words[i - 1].text == "-" and i - 2 in chosen:
+                chosen.add(i - 1)  # the hyphen inside "t-shirt"
+        start = self._hyphenated_start(min(chosen))
+        return self.words[start:min(chosen)] + [self.words[i] for i in sorted(chosen)]
+
+    def _hyphenated_start(self, i: int) -> int:
+        """Where the hyphenated word ending with word i starts ("flat-bed")."""
+        while i > 0 and self.words[i - 1].space == "" and "-" in (self.words[i - 1].text, self.words[i].text):
+            i -= 1
+        return i
 
     def _fallback_name(self, caption: str) -> str:
         """Head noun of a caption with no entity, else the whole caption."""
@@ -525,9 +533,12 @@ class _GraphBuilder:
             if text not in self.attributes[entity]:
                 self.attributes[entity].append(text)
 
-    @staticmethod
-    def _adjective_phrases(adjective: Word) -> list[str]:
+    def _adjective_phrases(self, adjective: Word) -> list[str]:
         """ "very tall" -> ["very tall"]; "black and white" -> ["black", "white"]."""
+        return [_join(words) for words in self._adjective_words(adjective)]
+
+    def _adjective_words(self, adjective: Word) -> list[list[Word]]:
+        """The words of each phrase an adjective (and its conjuncts) makes."""
         phrases = []
         for word in _conjuncts(adjective):
             if word.lower in VAGUE_QUANTIFIERS or word.lower in ARTICLE_NUMBERS:
@@ -535,17 +546,24 @@ class _GraphBuilder:
             part_deps = ADJECTIVE_PART_DEPS
             if word.lower in COLOUR_SUFFIXES:
                 part_deps = part_deps | {"amod"}  # "green colored", "light colored"
+
+            def is_part(child: Word) -> bool:
+                # a colour or material under a material is an attribute of its own
+                qualifying = child.dep in NAME_MODIFIER_DEPS and _is_qualifying_modifier(child)
+                return child.dep in part_deps and not qualifying
+
             parts = [word]
-            stack = [c for c in word.children if c.dep in part_deps]
+            stack = [c for c in word.children if is_part(c)]
             while stack:
                 part = stack.pop()
                 parts.append(part)
-                stack.extend(c for c in part.children if c.dep in part_deps)
-            parts = _trim(parts)
+                stack.extend(c for c in part.children if is_part(c))
+            start = self._hyphenated_start(min(p.i for p in parts))
+            parts = _trim(set(parts) | set(self.words[start:word.i]))
             if len(parts) > 1 and parts[-1].lower in COLOUR_SUFFIXES and parts[-2].lower in COLOURS:
                 parts = parts[:-1]  # "green colored" -> "green"
             if parts:
-                phrases.append(_join(parts))
+                phrases.append(parts)
         return phrases
 
     def _add_attributes_of(self, adjective: Word, entities: list[int]) -> None:
@@ -553,17 +571,26 @@ class _GraphBuilder:
             self._add_attribute(entities, phrase)
 
     def _modifier_attributes(self, head: Word, entity: int) -> None:
-        """Adjectives, numbers and qualifying noun modifiers of a noun."""
+        """Adjectives, numbers and qualifying noun modifiers of a noun, in
+        caption order; a word inside another's phrase ("[two]-story") is not
+        read again."""
         in_name = {w.i for w in self.name_words[head.i]}
-        self._premodifier_attributes(head, entity, in_name)
+        modifiers = sorted(self._premodifiers(head, in_name), key=lambda w: w.i)
+        phrases = {m.i: self._adjective_words(m) for m in modifiers}
+        inside = {w.i for m in modifiers for words in phrases[m.i] for w in words if w.i != m.i}
+        for modifier in modifiers:
+            if modifier.i not in inside:
+                for words in phrases[modifier.i]:
+                    self._add_attribute([entity], _join(words))
         self._merge_colour_words(entity)
 
-    def _premodifier_attributes(self, node: Word, entity: int, in_name: set[int]) -> None:
+    def _premodifiers(self, node: Word, in_name: set[int]) -> list[Word]:
+        found = []
         for child in node.children:
             if child.dep in NAME_MODIFIER_DEPS and child.i < node.i:
                 if child.i not in in_name:  # a material, colour or adjective
-                    self._add_attributes_of(child, [entity])
-                self._premodifier_attributes(child, entity, in_name)
+                    found.append(child)
+                found += self._premodifiers(child, in_name)
             elif child.i in in_name:
                 continue
             elif child.dep == "amod":
@@ -571,9 +598,10 @@ class _GraphBuilder:
                     continue  # "snow covered", "full of water": relations
                 if child.tag in PARTICIPLE_TAGS and child.i > node.i:
                     continue  # a participle after its noun is read as a clause
-                self._add_attributes_of(child, [entity])
+                found.append(child)
             elif child.dep in {"advmod", "nummod"} and child.i < node.i:
-                self._add_attributes_of(child, [entity])
+                found.append(child)
+        return found
 
     def _merge_colour_words(self, entity: int) -> None:
         """Join split colour phrases: "light", "blue" -> "light blue";
