@@ -55,8 +55,17 @@ class LengthMaskedGRU(keras.layers.Layer):
             state = ops.where(keep[:, None], (1.0 - z) * n + z * state, state)
             return state, state
 
-        initial = ops.zeros((ops.shape(inputs)[0], u), dtype=inputs.dtype)
-        state, states = ops.scan(step, initial, (projected, active), length=steps)
+        state = ops.zeros((ops.shape(inputs)[0], u), dtype=inputs.dtype)
+        if _eager_jax(inputs):
+            # Eager JAX compiles a fresh lax.scan on every call; a Python
+            # loop of small ops is far faster there.
+            collected = []
+            for t in range(steps):
+                state, _ = step(state, (projected[t], active[t]))
+                collected.append(state)
+            states = ops.stack(collected)
+        else:
+            state, states = ops.scan(step, state, (projected, active), length=steps)
         if self.return_sequences:
             return state, ops.transpose(states, (1, 0, 2))
         return state
@@ -65,3 +74,12 @@ class LengthMaskedGRU(keras.layers.Layer):
         config = super().get_config()
         config.update(units=self.units, return_sequences=self.return_sequences)
         return config
+
+
+def _eager_jax(x) -> bool:
+    """True for a concrete (not traced) JAX array."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return not isinstance(x, jax.core.Tracer)
