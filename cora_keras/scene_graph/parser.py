@@ -704,11 +704,8 @@ class _GraphBuilder:
             return verb.head
         return None
 
-    def _verb_subjects(self, verb: Word, seen: frozenset = frozenset()) -> list[int]:
+    def _verb_subjects(self, verb: Word) -> list[int]:
         """Entities doing what the verb (or adjective) says."""
-        if verb.i in seen:
-            return []
-        seen = seen | {verb.i}
         subjects = [c for c in verb.children if c.dep in SUBJECT_DEPS]
         if subjects:
             subject = subjects[-1]
@@ -730,7 +727,7 @@ class _GraphBuilder:
         if verb.dep == "amod":
             return self._group(verb.head)
         if verb.dep in SUBJECT_SHARING_DEPS and not verb.is_root:
-            return self._verb_subjects(verb.head, seen)
+            return self._verb_subjects(verb.head)
         return []
 
     def _copula_complements(self, verb: Word) -> list[int]:
@@ -763,7 +760,7 @@ class _GraphBuilder:
         """
         prefix: list[Word] = []
         current = preposition.head
-        for _ in self.words:
+        while True:
             if current.i in self.descriptive:
                 return self._nearest_entity_before(preposition), prefix
             group = self._modified_group(current, preposition.i) if current.i in self.index else []
@@ -784,20 +781,17 @@ class _GraphBuilder:
             if current.is_root:
                 return self._verb_subjects(current), prefix
             current = current.head
-        return [], prefix
 
     def _objects(self, word: Word, subjects: list[int]) -> list[int]:
         """Entities a noun phrase names; "it"/"them" is the entity its clause hangs on."""
         if word.lower not in OBJECT_PRONOUNS:
             return self._object_group(word)
-        current = word.head
-        for _ in self.words:
+        current = word
+        while not current.is_root:
+            current = current.head
             entity = self.index.get(current.i)
             if entity is not None and entity not in subjects:
                 return [entity]
-            if current.is_root:
-                break
-            current = current.head
         return self._nearest_entity_before(word, excluded=subjects)[-1:]
 
     def _preposition(self, preposition: Word) -> None:
@@ -834,17 +828,17 @@ class _GraphBuilder:
                     coloured = phrase.lower() in COLOURS
                     self._add_attribute(subjects, phrase if coloured else f"{preposition.text} {phrase}")
 
-    def _of_relation(self, preposition: Word, owner: int) -> None:
+    def _of_relation(self, preposition: Word, head: int) -> None:
         """ "the leg of the cow" -> (cow, has, leg); "a bowl of fruit" -> (bowl, has, fruit)."""
-        container = self.heads[owner].lower in CONTAINER_NOUNS
+        container = self.heads[head].lower in CONTAINER_NOUNS
         for word in _objects_of(preposition):
             if container:
-                self._relate([owner], "has", self._group(word))
+                self._relate([head], "has", self._group(word))
             else:
-                self._relate(self._group(word), "has", [owner])
+                self._relate(self._group(word), "has", [head])
 
-    def _of_owner(self, preposition: Word) -> int | None:
-        """The entity an "of" phrase belongs to: its head noun, or, when the
+    def _of_head(self, preposition: Word) -> int | None:
+        """The entity an "of" phrase qualifies: its head noun, or, when the
         parser hung it higher, the nearest noun before it ("hill of snow")."""
         head = preposition.head
         if self._is_head(head):
@@ -884,9 +878,9 @@ class _GraphBuilder:
             self._modifier_attributes(head, entity)
         for word in self.words:
             if word.dep in {"prep", "agent"}:
-                owner = self._of_owner(word) if word.lower == "of" else None
-                if owner is not None:
-                    self._of_relation(word, owner)
+                head = self._of_head(word) if word.lower == "of" else None
+                if head is not None:
+                    self._of_relation(word, head)
                 else:
                     self._preposition(word)
             elif _is_verb(word) or word.tag in ADJECTIVE_TAGS:
