@@ -726,6 +726,8 @@ class _GraphBuilder:
             return self._modified_group(verb.head, verb.i)
         if verb.dep == "amod":
             return self._group(verb.head)
+        if verb.dep == "pcomp" and verb.head.dep == "prep":
+            return self._anchor(verb.head)[0]  # "a man after [eating] a pizza"
         if verb.dep in SUBJECT_SHARING_DEPS and not verb.is_root:
             return self._verb_subjects(verb.head)
         return []
