@@ -1,0 +1,94 @@
+"""Shared pieces of the layer and model tests.
+
+NumPy re-computations that read a layer's own weights, so that a keras.ops
+implementation can be checked against a second, differently written one
+(float64, explicit per-head loops), plus the small model config the model
+tests share.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from cora_keras.config import ModelConfig
+from tests.reference_cora import GruWeights, layer_norm, softmax
+
+
+def small_model_config(**overrides) -> ModelConfig:
+    """A CoraModel small enough for CPU tests (D=64, W=32, F=32, vocab 100).
+
+    E=8 and K=8 exceed the default per-caption budgets (6), so a batch of
+    8 captions is really packed (`inputs.phrase_budgets`).
+    """
+    values = dict(
+        embed_size=64,
+        composer_hidden=64,
+        word_dim=32,
+        vocab_size=100,
+        region_feature_size=32,
+        num_regions=6,
+        max_entities=8,
+        max_attributes=2,
+        max_caption_relations=8,
+        max_phrase_tokens=4,
+    )
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def numpy64(x) -> np.ndarray:
+    """Any backend's tensor as a float64 NumPy array."""
+    return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64)
+
+
+def gru_weights(gru) -> GruWeights:
+    """A `LengthMaskedGRU`'s weights in the PyTorch layout of `reference_cora`.
+
+    Keras keeps kernel (in, 3u) with gate columns (z, r, h); PyTorch keeps
+    weight_ih (3u, in) with gate rows (r, z, n).
+    """
+    u = gru.units
+
+    def torch_order(matrix: np.ndarray) -> np.ndarray:
+        z, r, n = matrix[..., :u], matrix[..., u : 2 * u], matrix[..., 2 * u :]
+        return np.concatenate([r, z, n], axis=-1)
+
+    bias = numpy64(gru.bias)
+    return (
+        torch_order(numpy64(gru.kernel)).T,
+        torch_order(numpy64(gru.recurrent_kernel)).T,
+        torch_order(bias[0]),
+        torch_order(bias[1]),
+    )
+
+
+def dense_numpy(dense: keras.layers.Dense, x: np.ndarray) -> np.ndarray:
+    """A Keras Dense layer (linear part, then its activation) in NumPy."""
+    y = x @ numpy64(dense.kernel)
+    if dense.use_bias:
+        y = y + numpy64(dense.bias)
+    if dense.activation is keras.activations.relu:
+        y = np.maximum(y, 0.0)
+    return y
+
+
+def graph_attention_numpy(layer, nodes: np.ndarray, adjacency: np.ndarray) -> np.ndarray:
+    """`GraphAttention` over dense nodes (b, n, H), adjacency (b, n, n), no dropout.
+
+    MODEL.md 2.2 written head by head: s_ij = a_c . LeakyReLU(q_i + k_j) + beta_c,
+    -1e9 off the adjacency, softmax over j, ReLU(LayerNorm(messages + q)).
+    """
+    q, k, v = (dense_numpy(d, nodes) for d in (layer.query, layer.key, layer.value))
+    vectors, biases = numpy64(layer.score_vectors), numpy64(layer.score_bias)
+    size = layer.hidden // layer.num_heads
+    messages = np.zeros_like(q)
+    for c in range(layer.num_heads):
+        part = slice(c * size, (c + 1) * size)
+        pair = q[:, :, None, part] + k[:, None, :, part]
+        pair = np.maximum(pair, 0.2 * pair)
+        scores = pair @ vectors[c] + biases[c]
+        scores = np.where(adjacency > 0, scores, -1e9)
+        messages[..., part] = softmax(scores, axis=-1) @ v[..., part]
+    norm = layer.norm
+    return np.maximum(layer_norm(messages + q, numpy64(norm.gamma), numpy64(norm.beta)), 0.0)
