@@ -65,6 +65,7 @@ def load_split(
     *,
     parse_processes: int = 1,
     scan_features: bool = False,
+    vocabulary: Vocabulary | None = None,
 ) -> Split:
     """Open `split` of the dataset in `data_dir`, parsing and caching as needed.
 
@@ -75,6 +76,8 @@ def load_split(
         parse_processes: processes for the scene graph parser on a cache miss.
         scan_features: also scan every image's features for NaN/Inf now
             (otherwise each image is checked when first read).
+        vocabulary: the vocabulary to use (a trained run's or a release
+            checkpoint's) instead of the dataset's `vocab.json`.
     """
     data_dir = Path(data_dir)
     captions_path = captions_file(data_dir, split)
@@ -94,10 +97,9 @@ def load_split(
     if scan_features:
         check_finite(features)
     graphs = load_scene_graphs(data_dir, split, captions, parse_processes)
-    if split == TRAIN_SPLIT:
-        vocabulary = load_vocabulary(data_dir, config, parse_processes, graphs)
-    else:
-        vocabulary = load_vocabulary(data_dir, config, parse_processes)
+    if vocabulary is None:
+        train_graphs = graphs if split == TRAIN_SPLIT else None
+        vocabulary = load_vocabulary(data_dir, config, parse_processes, train_graphs)
     return Split(split, data_dir, captions, graphs, features, vocabulary)
 
 
