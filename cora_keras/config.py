@@ -112,6 +112,7 @@ class TrainConfig:
     seed: int = 0
     steps_per_epoch: Optional[int] = None
     eval_batch_size: int = 128
+    run_eagerly: bool = False  # no graph compilation: debugging and tiny runs
 
 
 @dataclass
