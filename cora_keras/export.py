@@ -117,7 +117,10 @@ def _input_signature(specs: dict[str, tuple[tuple[int, ...], str]]) -> list[dict
     import tensorflow as tf
 
     return [
-        {name: tf.TensorSpec((None, *shape), dtype, name=name) for name, (shape, dtype) in specs.items()}
+        {
+            name: tf.TensorSpec((None, *shape), dtype, name=name)
+            for name, (shape, dtype) in specs.items()
+        }
     ]
 
 

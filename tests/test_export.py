@@ -70,7 +70,8 @@ def test_captions_to_tensors_shapes_dtypes_and_tokens(parser):
         assert tensors[name].shape == (2, *shape), name
         assert tensors[name].dtype == np.dtype(dtype), name
     np.testing.assert_array_equal(tensors["entity_tokens"][0, 0], [cls, ids["cube"], sep, 0, 0])
-    np.testing.assert_array_equal(tensors["attribute_tokens"][0, 0, 0], [cls, ids["red"], sep, 0, 0])
+    red = tensors["attribute_tokens"][0, 0, 0]
+    np.testing.assert_array_equal(red, [cls, ids["red"], sep, 0, 0])
     assert not tensors["entity_tokens"][0, 1:].any()
     assert not tensors["relation_tokens"][0].any()
     np.testing.assert_array_equal(tensors["entity_tokens"][1, 1], [cls, ids["cube"], sep, 0, 0])
@@ -116,7 +117,8 @@ def exported(tmp_path_factory):
     config, model, _ = write_run(root / "run", seed=3)
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "cora_keras", "export", "--run", str(root / "run"), "--out", str(root / "saved")],
+        [sys.executable, "-m", "cora_keras", "export",
+         "--run", str(root / "run"), "--out", str(root / "saved")],
         env=env, cwd=root, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -127,14 +129,14 @@ def exported(tmp_path_factory):
 def test_plain_tensorflow_loads_the_export_and_gives_the_keras_embeddings(exported):
     root, config, model = exported
     inputs = {b: _inputs(config, int(b), seed=int(b)) for b in ("3", "1")}
-    np.savez(
-        root / "inputs.npz", **{f"{b}/{n}": v for b, arrays in inputs.items() for n, v in arrays.items()}
-    )
+    flat = {f"{b}/{n}": v for b, arrays in inputs.items() for n, v in arrays.items()}
+    np.savez(root / "inputs.npz", **flat)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     loader = root / "loader.py"
     loader.write_text(LOADER, encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, str(loader), str(root / "saved"), str(root / "inputs.npz"), str(root / "out.npz")],
+        [sys.executable, str(loader), str(root / "saved"), str(root / "inputs.npz"),
+         str(root / "out.npz")],
         env=env, cwd=root, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -142,7 +144,8 @@ def test_plain_tensorflow_loads_the_export_and_gives_the_keras_embeddings(export
     assert not outputs["cora_keras_imported"]
     for b, arrays in inputs.items():
         image = keras.ops.convert_to_numpy(model.encode_images(arrays, training=False))
-        text = {k: keras.ops.convert_to_numpy(v) for k, v in model.encode_captions(arrays, training=False).items()}
+        text = model.encode_captions(arrays, training=False)
+        text = {name: keras.ops.convert_to_numpy(value) for name, value in text.items()}
         np.testing.assert_allclose(outputs[f"{b}/image"], image, atol=1e-5)
         np.testing.assert_allclose(outputs[f"{b}/caption"], text["caption"], atol=1e-5)
         np.testing.assert_allclose(outputs[f"{b}/entities"], text["entities"], atol=1e-5)
