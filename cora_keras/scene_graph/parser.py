@@ -401,7 +401,11 @@ class _GraphBuilder:
             return False
         if self._is_hyphen_prefix(word):
             return False
-        if word.is_punct or (word.dep in NAME_MODIFIER_DEPS and word.head.tag in NOUN_TAGS):
+        if word.dep in NAME_MODIFIER_DEPS and (
+            word.head.tag in NOUN_TAGS or self._is_misread_noun(word.head)
+        ):
+            return False  # part of the name of the noun it modifies
+        if word.is_punct:
             return False
         if word.lower in COLOURS and _is_adjectival(word):
             return False
