@@ -92,3 +92,20 @@ def graph_attention_numpy(layer, nodes: np.ndarray, adjacency: np.ndarray) -> np
         messages[..., part] = softmax(scores, axis=-1) @ v[..., part]
     norm = layer.norm
     return np.maximum(layer_norm(messages + q, numpy64(norm.gamma), numpy64(norm.beta)), 0.0)
+
+
+def randomize_weights(layer, seed: int, scale: float = 0.5) -> None:
+    """Give every weight (biases, norms, score vectors too) random values."""
+    rng = np.random.default_rng(seed)
+    for weight in layer.weights:
+        weight.assign(rng.normal(0.0, scale, weight.shape).astype(weight.dtype))
+
+
+def assert_config_round_trip(layer, run) -> None:
+    """`from_config(get_config())` rebuilds the same layer: same config, and the
+    same outputs once given the original's weights. `run(layer)` calls it."""
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    run(clone)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(numpy64(run(clone)), numpy64(run(layer)), rtol=1e-6, atol=1e-6)
