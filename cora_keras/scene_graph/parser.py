@@ -366,7 +366,9 @@ def _is_place_noun(word: Word) -> bool:
 def _is_qualifying_modifier(modifier: Word) -> bool:
     """A noun modifier that qualifies rather than names: a material or colour
     ("brick" wall), an adjective, or a hyphenated adjective ("two-story")."""
-    if modifier.lower in MATERIALS or modifier.lower in COLOURS or modifier.tag in ADJECTIVE_TAGS:
+    if modifier.lower in MATERIALS or modifier.lower in COLOURS or modifier.lower in COLOUR_SUFFIXES:
+        return True
+    if modifier.tag in ADJECTIVE_TAGS and modifier.dep != "compound":
         return True
     lefts = {c.i: c for c in modifier.children if c.i < modifier.i}
     hyphen, first = lefts.get(modifier.i - 1), lefts.get(modifier.i - 2)
@@ -825,6 +827,8 @@ class _GraphBuilder:
         if not subjects:
             return
         related = [e for word in objects for e in self._objects(word, subjects)]
+        if self._refers_back(objects, subjects, related, preposition):
+            subjects, related = related, subjects  # "a bowl with food [in it]": the food is in the bowl
         if related:
             self._relate(subjects, _join(prefix + words), related)
         elif all(_is_adjectival(o) for o in objects) and preposition.head.i not in self.descriptive:
@@ -833,6 +837,14 @@ class _GraphBuilder:
                     # "in black and white" colours its subject; "in good shape" describes it
                     coloured = phrase.lower() in COLOURS
                     self._add_attribute(subjects, phrase if coloured else f"{preposition.text} {phrase}")
+
+    def _refers_back(self, objects: list[Word], subjects: list[int], related: list[int], preposition: Word) -> bool:
+        """Whether "it" after a preposition is the subject itself, the phrase
+        being about a noun written between them ("a bowl with food in it")."""
+        if len(objects) != 1 or objects[0].lower not in OBJECT_PRONOUNS or len(related) != 1:
+            return False
+        between = self.heads[related[0]].i
+        return all(self.heads[s].i < between < preposition.i for s in subjects)
 
     def _of_relation(self, preposition: Word, head: int) -> None:
         """ "the leg of the cow" -> (cow, has, leg); "a bowl of fruit" -> (bowl, has, fruit)."""

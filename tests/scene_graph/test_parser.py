@@ -176,6 +176,15 @@ def test_text_to_parse_puts_an_article_before_bare_noun_phrases():
         ),
         ("a snow covered forest", ([("snow", []), ("forest", [])], [(0, "covered", 1)])),
         ("a tree trunk", ([("tree trunk", [])], [])),
+        (
+            "A plate with a sandwich on it",
+            ([("plate", []), ("sandwich", [])], [(0, "with", 1), (1, "on", 0)]),
+        ),
+        ("a man wearing a t-shirt", ([("man", []), ("t-shirt", [])], [(0, "wearing", 1)])),
+        ("a two-story house", ([("house", ["two-story"])], [])),
+        ("white plastic faucet", ([("faucet", ["white", "plastic"])], [])),
+        ("a picture of a red boat", ([("boat", ["red"])], [])),
+        ("a bowl of fruit", ([("bowl", []), ("fruit", [])], [(0, "has", 1)])),
     ],
 )
 def test_typical_captions(parser, caption, expected):
