@@ -555,5 +555,6 @@ def train(
         epochs=config.train.epochs,
         steps_per_epoch=config.train.steps_per_epoch,
         callbacks=training_callbacks(run_dir, dev_split, encoder, config),
+        shuffle=False,  # the dataset orders each epoch itself
         verbose=verbose,
     )
