@@ -98,3 +98,12 @@ def phrase_budgets(model_config: Any, batch_size: int) -> dict[str, int]:
         ),
         "relations": min(batch_size * k, math.ceil(c.relation_budget * batch_size) + k),
     }
+
+
+def region_budget(model_config: Any, batch_size: int) -> int | None:
+    """Region rows per batch the image tower computes; None for all B x N."""
+    share = model_config.region_budget
+    if share >= 1.0:
+        return None
+    total = batch_size * model_config.num_regions
+    return min(total, math.ceil(share * total))

@@ -8,7 +8,7 @@ from keras import ops
 
 from cora_keras import losses
 from cora_keras.config import LossConfig, ModelConfig
-from cora_keras.inputs import caption_specs, image_specs, phrase_budgets
+from cora_keras.inputs import caption_specs, image_specs, phrase_budgets, region_budget
 from cora_keras.layers.entity_composer import EntityComposer
 from cora_keras.layers.packing import pack_slots, unpack
 from cora_keras.layers.phrase_encoder import PhraseEncoder
@@ -46,15 +46,18 @@ class CoraModel(keras.Model):
             c.vocab_size, c.word_dim, c.text_encoder, c.bert_preset, c.bert_backbone,
             name="phrase_encoder",
         )
-        self.entity_composer = EntityComposer(
-            c.composer_hidden, c.embed_size, c.entity_layers, c.num_heads,
-            c.word_dropout, c.composer_dropout, c.graph_layer, name="entity_composer",
-        )
-        self.relation_composer = RelationComposer(
-            c.composer_hidden, c.embed_size, c.max_entities, c.relation_layers, c.num_heads,
-            c.word_dropout, c.composer_dropout, c.relation_attention_dropout,
-            c.use_graph_global, c.gpo_hidden, c.graph_layer, name="relation_composer",
-        )
+        if c.text_encoder == "bow":
+            self.bow_projection = keras.layers.Dense(c.embed_size, name="bow_projection")
+        else:
+            self.entity_composer = EntityComposer(
+                c.composer_hidden, c.embed_size, c.entity_layers, c.num_heads,
+                c.word_dropout, c.composer_dropout, c.graph_layer, name="entity_composer",
+            )
+            self.relation_composer = RelationComposer(
+                c.composer_hidden, c.embed_size, c.max_entities, c.relation_layers, c.num_heads,
+                c.word_dropout, c.composer_dropout, c.relation_attention_dropout,
+                c.use_graph_global, c.gpo_hidden, c.graph_layer, name="relation_composer",
+            )
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
 
     # ------------------------------------------------------------------ build
@@ -76,12 +79,17 @@ class CoraModel(keras.Model):
     # ---------------------------------------------------------------- towers
     def encode_images(self, inputs, training=None):
         """(B, D) normalised image embeddings from `regions`, `region_counts`."""
-        image = self.region_encoder(inputs["regions"], inputs["region_counts"], training=training)
+        regions = inputs["regions"]
+        batch = regions.shape[0]
+        budget = region_budget(self.model_config, batch) if batch is not None else None
+        image = self.region_encoder(regions, inputs["region_counts"], row_budget=budget, training=training)
         return _l2_normalize(image)
 
     def encode_captions(self, inputs, training=None):
         """Normalised `caption` (B, D), `entities` (B, E, D) and `entity_mask` (B, E)."""
         c = self.model_config
+        if c.text_encoder == "bow":
+            return self._encode_bags_of_words(inputs)
         e_max = c.max_entities
         entity_tokens = inputs["entity_tokens"]
         batch = entity_tokens.shape[0]
@@ -108,6 +116,35 @@ class CoraModel(keras.Model):
             "entities": entity_slots,
             "entity_mask": entity_mask,
         }
+
+    def _encode_bags_of_words(self, inputs):
+        """The bag-of-words ablation (`text_encoder: bow`): the caption is the
+        projected mean of the embeddings of all its words (names, attributes,
+        predicates), an entity the projected mean of its name and attribute
+        words; no graph, no word order, no binding."""
+        entity_tokens = inputs["entity_tokens"]  # (B, E, T)
+        batch, e_max = ops.shape(entity_tokens)[0], entity_tokens.shape[1]
+        entity_words = ops.concatenate(
+            [entity_tokens, ops.reshape(inputs["attribute_tokens"], (batch, e_max, -1))], axis=-1
+        )
+        caption_words = ops.concatenate(
+            [ops.reshape(entity_words, (batch, -1)), ops.reshape(inputs["relation_tokens"], (batch, -1))],
+            axis=-1,
+        )
+        entity_mask = ops.any(entity_tokens != 0, axis=-1)
+        entities = self.bow_projection(self._mean_word_embedding(entity_words))
+        caption = self.bow_projection(self._mean_word_embedding(caption_words))
+        return {
+            "caption": _l2_normalize(caption),
+            "entities": _l2_normalize(entities) * ops.cast(entity_mask, "float32")[..., None],
+            "entity_mask": entity_mask,
+        }
+
+    def _mean_word_embedding(self, tokens):
+        """(..., T) token ids -> (..., W) mean embedding of the non-padding tokens."""
+        mask = ops.cast(tokens != 0, "float32")[..., None]
+        total = ops.sum(self.phrase_encoder.word_embeddings(tokens) * mask, axis=-2)
+        return total / ops.maximum(ops.sum(mask, axis=-2), 1.0)
 
     def call(self, inputs, training=None):
         outputs = self.encode_captions(inputs, training=training)

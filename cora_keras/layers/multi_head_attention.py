@@ -15,6 +15,8 @@ class FusedSelfAttention(keras.layers.Layer):
     One (D, 3D) input projection with columns (q, k, v), `num_heads`
     heads, and a (D, D) output projection: the layout of PyTorch's
     `nn.MultiheadAttention` (transposed), so release weights map directly.
+    The projections are per row, so callers may apply them to packed rows
+    and `attend` over dense (B, N) slots.
 
     Args:
         hidden: model size D.
@@ -34,17 +36,21 @@ class FusedSelfAttention(keras.layers.Layer):
         self.in_projection.build((None, self.hidden))
         self.out_projection.build((None, self.hidden))
 
-    def call(self, x, key_mask):
-        """x (B, N, D), key_mask (B, N) with 1 at real rows -> (B, N, D)."""
+    def attend(self, qkv, key_mask):
+        """Projected (B, N, 3D) q/k/v and (B, N) key mask -> (B, N, D), before
+        the output projection."""
         h, c = self.num_heads, self.hidden // self.num_heads
-        b, n = ops.shape(x)[0], x.shape[1]
-        qkv = ops.reshape(self.in_projection(x), (b, n, 3, h, c))
+        b, n = ops.shape(qkv)[0], qkv.shape[1]
+        qkv = ops.reshape(qkv, (b, n, 3, h, c))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         scores = ops.einsum("bnhc,bmhc->bhnm", q, k) / math.sqrt(c)
         scores = ops.where(key_mask[:, None, None, :] > 0, scores, -1e9)
         weights = ops.softmax(scores, axis=-1)
-        out = ops.reshape(ops.einsum("bhnm,bmhc->bnhc", weights, v), (b, n, self.hidden))
-        return self.out_projection(out)
+        return ops.reshape(ops.einsum("bhnm,bmhc->bnhc", weights, v), (b, n, self.hidden))
+
+    def call(self, x, key_mask):
+        """x (B, N, D), key_mask (B, N) with 1 at real rows -> (B, N, D)."""
+        return self.out_projection(self.attend(self.in_projection(x), key_mask))
 
     def get_config(self):
         config = super().get_config()

@@ -7,7 +7,9 @@ from keras import ops
 
 from cora_keras.layers.gpo import GPO
 from cora_keras.layers.multi_head_attention import FusedSelfAttention
-from cora_keras.layers.position_encoding import length_mask, masked_sinusoid
+from cora_keras.layers.packing import pack_slots, unpack
+from cora_keras.layers.position_encoding import length_mask, sinusoid_table
+from cora_keras.layers.row_batch_norm import RowBatchNorm
 
 
 @keras.saving.register_keras_serializable(package="cora_keras")
@@ -17,6 +19,11 @@ class RegionEncoder(keras.layers.Layer):
     Linear + MLP(BatchNorm) projection, one self-attention block over the
     regions with sinusoid region positions, a feed-forward residual, then
     GPO pooling over the valid regions.
+
+    Every per-row step runs on packed rows: with `row_budget` set, only the
+    valid rows (at most `row_budget` per batch) are computed; padded rows
+    are zero, so their only effect, on the BatchNorm statistics, is added
+    exactly (they all equal the MLP's first bias).
 
     Args:
         embed_size: D.
@@ -42,7 +49,7 @@ class RegionEncoder(keras.layers.Layer):
         self.input_dropout = keras.layers.Dropout(dropout)
         self.linear = keras.layers.Dense(d, name="linear")
         self.mlp_in = keras.layers.Dense(512, name="mlp_in")
-        self.mlp_norm = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="mlp_norm")
+        self.mlp_norm = RowBatchNorm(momentum=0.9, epsilon=1e-5, name="mlp_norm")
         self.mlp_out = keras.layers.Dense(d, name="mlp_out")
         self.position = keras.layers.Dense(d, name="position")
         self.position_dropout = keras.layers.Dropout(dropout)
@@ -57,7 +64,7 @@ class RegionEncoder(keras.layers.Layer):
         f, d = regions_shape[-1], self.embed_size
         self.linear.build((None, f))
         self.mlp_in.build((None, f))
-        self.mlp_norm.build((None, None, 512))
+        self.mlp_norm.build((None, 512))
         self.mlp_out.build((None, 512))
         self.position.build((None, 16))
         for norm in (self.attention_norm, self.feed_forward_norm):
@@ -67,17 +74,32 @@ class RegionEncoder(keras.layers.Layer):
         self.feed_forward_out.build((None, d))
         self.gpo.build((None, None, d))
 
-    def call(self, regions, counts, training=None):
-        n = regions.shape[1]
-        x = self.input_dropout(regions, training=training)
-        mlp = ops.relu(self.mlp_norm(self.mlp_in(x), training=training))
-        features = self.linear(x) + self.mlp_out(mlp)
-        positions = self.position(masked_sinusoid(counts, n, 16))
+    def call(self, regions, counts, row_budget: int | None = None, training=None):
+        n, f, d = regions.shape[1], regions.shape[2], self.embed_size
+        valid = ops.reshape(length_mask(counts, n), (-1,))
+        slots, present, inverse = pack_slots(valid, row_budget)
+        present = ops.cast(present, "float32")
+        x = ops.take(ops.reshape(regions, (-1, f)), slots, axis=0)
+        x = self.input_dropout(x, training=training)
+
+        def to_slots(rows, width):
+            return ops.reshape(unpack(rows, inverse), (-1, n, width))
+
+        def to_rows(dense, width):
+            return ops.take(ops.reshape(dense, (-1, width)), slots, axis=0)
+
+        absent = ops.cast(ops.shape(valid)[0], "float32") - ops.sum(present)
+        h = self.mlp_norm(self.mlp_in(x), present, absent, self.mlp_in.bias, training=training)
+        features = self.linear(x) + self.mlp_out(ops.relu(h))
+        codes = ops.convert_to_tensor(sinusoid_table(n, 16))
+        positions = ops.take(self.position(codes), slots % n, axis=0)
         h = self.attention_norm(features + self.position_dropout(positions, training=training))
-        features = features + self.attention(h, length_mask(counts, n))
+        qkv = to_slots(self.attention.in_projection(h), 3 * d)
+        attended = to_rows(self.attention.attend(qkv, length_mask(counts, n)), d)
+        features = features + self.attention.out_projection(attended)
         h = ops.relu(self.feed_forward_in(self.feed_forward_norm(features)))
         features = features + self.feed_forward_out(h)
-        return self.gpo(features, counts)
+        return self.gpo(to_slots(features, d), counts)
 
     def get_config(self):
         config = super().get_config()
