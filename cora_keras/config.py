@@ -44,6 +44,10 @@ class ModelConfig:
     entity_budget: float = 4.5
     attribute_budget: float = 3.0
     relation_budget: float = 3.5
+    # Share of the B x N region rows the image tower computes (valid rows
+    # packed first); 1.0 computes every row. Training with region dropout
+    # 0.35 keeps ~65% of the rows, so 0.8 skips most padding safely.
+    region_budget: float = 1.0
     entity_layers: int = 1
     relation_layers: int = 2
     num_heads: int = 16
