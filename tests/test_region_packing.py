@@ -46,3 +46,12 @@ def test_region_budget_is_none_at_full_share_and_rounds_up():
     assert region_budget(ModelConfig(), 8) is None
     assert region_budget(ModelConfig(region_budget=0.5), 3) == 54
     assert region_budget(ModelConfig(region_budget=0.701), 1) == 26
+
+
+def test_the_pipeline_names_the_region_budget_it_overflows():
+    from cora_keras.data.pipeline import PhraseBudgetError, check_region_budget
+
+    config = ModelConfig(region_budget=0.5)
+    check_region_budget(np.array([18, 18]), config)
+    with pytest.raises(PhraseBudgetError, match=r"37 valid regions, over the region budget of 36; raise model.region_budget"):
+        check_region_budget(np.array([18, 19]), config)

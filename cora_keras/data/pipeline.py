@@ -30,6 +30,7 @@ from cora_keras.inputs import (
     caption_specs,
     image_specs,
     phrase_budgets,
+    region_budget,
     target_specs,
 )
 from cora_keras.scene_graph.schema import SceneGraph
@@ -73,6 +74,18 @@ def check_phrase_budgets(captions: Arrays, model_config: ModelConfig) -> None:
                 f"the {kind} budget of {budgets[kind]}; raise {key} (now {value} "
                 "per caption)"
             )
+
+
+def check_region_budget(counts: np.ndarray, model_config: ModelConfig) -> None:
+    """Raise PhraseBudgetError when a batch's valid regions overflow the budget."""
+    budget = region_budget(model_config, len(counts))
+    total = int(np.sum(counts))
+    if budget is not None and total > budget:
+        raise PhraseBudgetError(
+            f"a batch of {len(counts)} images holds {total} valid regions, over the "
+            f"region budget of {budget}; raise model.region_budget (now "
+            f"{model_config.region_budget} of the rows)"
+        )
 
 
 def drop_regions(
@@ -160,6 +173,7 @@ class TrainingBatches:
         check_phrase_budgets(captions, model)
         image_ids = np.asarray(caption_indices, np.int64) // CAPTIONS_PER_IMAGE
         regions, counts = drop_regions(self.split.features.read_many(image_ids), keep)
+        check_region_budget(counts, model)
         x = {"regions": regions, "region_counts": counts}
         x.update((name, captions[name]) for name in CAPTION_INPUTS)
         y = {name: captions[name] for name in TARGETS if name != "image_ids"}
