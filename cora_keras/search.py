@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from cora_keras.config import Config, ModelConfig, load_config
-from cora_keras.data.datasets import CAPTIONS_PER_IMAGE, Split, captions_file, load_split
+from cora_keras.data.datasets import CAPTIONS_PER_IMAGE, Split, captions_file, file_sha256, load_split
 from cora_keras.inputs import CAPTION_INPUTS, phrase_budgets
 from cora_keras.retrieval import similarities, top_k
 from cora_keras.run import CONFIG_FILE, VOCAB_FILE, weights_path
@@ -202,14 +202,6 @@ def _one_entity_batch_size(model_config: ModelConfig, limit: int) -> int:
     return 1
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_key(run_dir: str | os.PathLike, split: Split) -> str:
     """SHA-256 over the run's weights, config and vocabulary and the split's
     captions, scene graphs and region features."""
@@ -223,7 +215,7 @@ def cache_key(run_dir: str | os.PathLike, split: Split) -> str:
         split.data_dir / "scene_graphs" / f"{split.name}.jsonl",
     ]
     for path in files:
-        digest.update(f"{path.name}:{_file_sha256(path)}\n".encode())
+        digest.update(f"{path.name}:{file_sha256(path)}\n".encode())
     features = hashlib.sha256()
     for start in range(0, split.num_images, _FEATURE_HASH_CHUNK):
         stop = min(start + _FEATURE_HASH_CHUNK, split.num_images)

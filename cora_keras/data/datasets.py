@@ -137,7 +137,7 @@ def load_scene_graphs(
     captions_path = captions_file(data_dir, split)
     graphs_path = Path(data_dir) / "scene_graphs" / f"{split}.jsonl"
     hash_path = graphs_path.with_suffix(".sha256")
-    digest = _sha256(captions_path)
+    digest = file_sha256(captions_path)
     if graphs_path.is_file() and not hash_path.is_file():
         graphs = read_jsonl(graphs_path)
         _check_in_step(graphs, graphs_path, captions, captions_path)
@@ -213,7 +213,8 @@ def _check_in_step(
         )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -73,7 +73,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
-from ..scene_graph.schema import Entity, Relation, SceneGraph
+from ..scene_graph.schema import Entity, Relation, SceneGraph, iter_json_lines
 
 _T = TypeVar("_T")
 
@@ -649,16 +649,7 @@ def _field(data: Any, key: str, kind: type | tuple[type, ...], where: str) -> An
 
 
 def _read_jsonl(path: str, build: Callable[[Any, str], _T]) -> list[_T]:
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            where = f"{path}:{line_number}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: invalid JSON ({error.msg})") from None
-            items.append(build(data, where))
-    return items
+    return [build(data, where) for data, where in iter_json_lines(path)]
 
 
 def _scene_from_dict(data: Any, where: str) -> Scene:

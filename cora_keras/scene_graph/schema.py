@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 
 class SceneGraphError(ValueError):
@@ -120,17 +120,22 @@ def write_jsonl(graphs: Iterable[SceneGraph], path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[SceneGraph]:
-    """Yield validated graphs; errors name the file and the 1-based line."""
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[Any, str]]:
+    """Yield (parsed JSON, "path:line") per line; bad JSON names file and line."""
     path = os.fspath(path)
     with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, start=1):
             where = f"{path}:{line_number}"
             try:
-                data = json.loads(line)
+                yield json.loads(line), where
             except json.JSONDecodeError as error:
                 raise SceneGraphError(f"{where}: invalid JSON ({error.msg})") from None
-            yield SceneGraph.from_dict(data, where)
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[SceneGraph]:
+    """Yield validated graphs; errors name the file and the 1-based line."""
+    for data, where in iter_json_lines(path):
+        yield SceneGraph.from_dict(data, where)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[SceneGraph]:

@@ -86,7 +86,7 @@ def test_load_split_parses_once_then_uses_the_cache(tmp_path, parses):
     np.testing.assert_array_equal(split.features.read_many([1, 0]), features[[1, 0]])
     assert read_jsonl(tmp_path / "scene_graphs" / "test.jsonl") == split.graphs
     digest = (tmp_path / "scene_graphs" / "test.sha256").read_text().split()
-    assert digest == [datasets._sha256(tmp_path / "test_caps.txt"), "test_caps.txt"]
+    assert digest == [datasets.file_sha256(tmp_path / "test_caps.txt"), "test_caps.txt"]
 
     again = load_split(tmp_path, "test", _config())
     assert len(parses) == 1
