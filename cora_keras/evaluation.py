@@ -128,11 +128,17 @@ class SplitEmbedder:
 
     def embed(self, split: Split, encoder: GraphEncoder) -> SplitEmbeddings:
         """Image and caption embeddings of `split` (graphs encoded by `encoder`)."""
+        return SplitEmbeddings(self.embed_images(split, encoder), self.embed_captions(split, encoder))
+
+    def embed_images(self, split: Split, encoder: GraphEncoder) -> np.ndarray:
+        """(n, D) image embeddings of `split`."""
         datasets = evaluation_dataset(split, encoder, self.config, self.batch_size)
-        return SplitEmbeddings(
-            images=self._run(self._images, datasets.images),
-            captions=self._run(self._captions, datasets.captions),
-        )
+        return self._run(self._images, datasets.images)
+
+    def embed_captions(self, split: Split, encoder: GraphEncoder) -> np.ndarray:
+        """(5n, D) caption embeddings of `split`."""
+        datasets = evaluation_dataset(split, encoder, self.config, self.batch_size)
+        return self._run(self._captions, datasets.captions)
 
     def _run(self, tower: _Tower, dataset) -> np.ndarray:
         outputs = []
