@@ -1,0 +1,166 @@
+"""CoraModel: text graph indices, packing invariance, padding, saving, overfitting.
+
+One small model (tests/helpers.py) is built once for the module: on JAX every
+new op shape compiles, so the tests reuse the batch shapes of the fixtures.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from cora_keras.config import LossConfig
+from cora_keras.inputs import phrase_budgets
+from cora_keras.model import LOSS_TERMS, CoraModel, text_graph
+from cora_keras.synthetic import synthetic_batch
+from tests.helpers import numpy64, small_model_config
+
+CONFIG = small_model_config()
+BATCH = 8
+STEPS = 200  # full-batch AdamW steps of the overfitting test
+
+
+def _synthetic(size: int, seed: int):
+    """Batches whose phrases fit T = 4 tokens and the default budgets."""
+    return synthetic_batch(
+        CONFIG, size, np.random.default_rng(seed), regions=(2, 6), attributes=(0, 1), words=(1, 2)
+    )
+
+
+@pytest.fixture(scope="module")
+def model() -> CoraModel:
+    cora = CoraModel(CONFIG, LossConfig())
+    cora.build()
+    return cora
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, np.ndarray]:
+    x, _ = _synthetic(BATCH, seed=0)
+    budgets = phrase_budgets(CONFIG, BATCH)
+    counts = {
+        "entities": (x["entity_tokens"] != 0).any(-1).sum(),
+        "attributes": (x["attribute_tokens"] != 0).any(-1).sum(),
+        "relations": (x["relation_tokens"] != 0).any(-1).sum(),
+    }
+    slots = {
+        "entities": BATCH * CONFIG.max_entities,
+        "attributes": BATCH * CONFIG.max_entities * CONFIG.max_attributes,
+        "relations": BATCH * CONFIG.max_caption_relations,
+    }
+    for kind, count in counts.items():
+        # Really packed (budget below the slot count) and nothing cut.
+        assert count <= budgets[kind] < slots[kind], kind
+    return x
+
+
+def _outputs(model: CoraModel, x: dict) -> dict[str, np.ndarray]:
+    return {name: numpy64(value) for name, value in model(x).items()}
+
+
+# --------------------------------------------------------------- text graph
+
+
+def test_text_graph_by_hand() -> None:
+    # One caption: entities 0..3, relations 0->1, 0->2, 1->2; R = 1 message per kind.
+    config = small_model_config(max_relations=1)
+    x = {
+        "entity_tokens": np.zeros((1, 8, 4), np.int32),
+        "attribute_tokens": np.zeros((1, 8, 2, 4), np.int32),
+        "relation_tokens": np.zeros((1, 8, 4), np.int32),
+        "relation_subject": np.zeros((1, 8), np.int32),
+        "relation_object": np.zeros((1, 8), np.int32),
+    }
+    x["entity_tokens"][0, :4, :3] = [2, 7, 3]
+    x["relation_tokens"][0, :3, :3] = [2, 9, 3]
+    x["relation_subject"][0, :3] = [0, 0, 1]
+    x["relation_object"][0, :3] = [1, 2, 2]
+    x["relation_subject"][0, 5], x["relation_object"][0, 5] = 3, 0  # a padded relation slot
+    graph = {name: numpy64(value) for name, value in text_graph(x, config, None).items()}
+    # Entity 0 is subject twice: its second active message is past R = 1.
+    np.testing.assert_array_equal(graph["active_weight"][:3], [1, 0, 1])
+    # Entity 2 is object twice: its second passive message is past R = 1.
+    np.testing.assert_array_equal(graph["passive_weight"][:3], [1, 1, 0])
+    assert not graph["active_weight"][3:].any() and not graph["passive_weight"][3:].any()
+    expected = np.zeros((8, 8))
+    expected[:3, :3] = 1.0  # self loops and both directions of every relation
+    expected[3, 3] = 1.0  # entity 3 has no relation
+    np.testing.assert_array_equal(graph["adjacency"][0], expected)
+    assert graph["entity_counts"].tolist() == [4]
+
+
+# ------------------------------------------------------- packing invariance
+
+
+def test_entity_mask_marks_real_entities(model: CoraModel, batch: dict) -> None:
+    mask = _outputs(model, batch)["entity_mask"].astype(bool)
+    np.testing.assert_array_equal(mask, (batch["entity_tokens"] != 0).any(-1))
+
+
+def test_packed_batch_equals_each_caption_alone(model: CoraModel, batch: dict) -> None:
+    together = {k: numpy64(v) for k, v in model.encode_captions(batch).items()}
+    for b in range(BATCH):
+        alone = model.encode_captions({k: v[b : b + 1] for k, v in batch.items()})
+        np.testing.assert_allclose(numpy64(alone["caption"])[0], together["caption"][b], atol=1e-5)
+        np.testing.assert_allclose(numpy64(alone["entities"])[0], together["entities"][b], atol=1e-5)
+
+
+def test_padding_slot_contents_change_nothing(model: CoraModel, batch: dict) -> None:
+    rng = np.random.default_rng(1)
+    garbage = {k: v.copy() for k, v in batch.items()}
+    # Attribute phrases under padded entities.
+    padded_entity = ~(batch["entity_tokens"] != 0).any(-1)
+    phrase = np.array([2, 11, 12, 3], np.int32)
+    garbage["attribute_tokens"][padded_entity] = phrase
+    # Subject and object indices of padded relation slots.
+    padded_relation = ~(batch["relation_tokens"] != 0).any(-1)
+    ends = rng.integers(0, CONFIG.max_entities, (2, int(padded_relation.sum())))
+    garbage["relation_subject"][padded_relation], garbage["relation_object"][padded_relation] = ends
+    # Region rows past each image's count.
+    padded_region = np.arange(CONFIG.num_regions)[None, :] >= batch["region_counts"][:, None]
+    garbage["regions"][padded_region] = 100.0 * rng.standard_normal((int(padded_region.sum()), 32))
+    clean, noisy = _outputs(model, batch), _outputs(model, garbage)
+    for name in ("image", "caption", "entities"):
+        np.testing.assert_allclose(noisy[name], clean[name], atol=1e-5, err_msg=name)
+
+
+# ---------------------------------------------------------------- saving
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in CoraModel.get_build_config: it returns {}, which Keras' deserialize_keras_object "
+    "treats as no build config, so load_model never builds the model nor restores its weights "
+    "(the loaded model has 0 weights, then builds with fresh random ones on first call)",
+)
+def test_keras_file_round_trip(model: CoraModel, batch: dict, tmp_path) -> None:
+    path = tmp_path / "cora.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, CoraModel)
+    assert len(loaded.weights) == len(model.weights), "the loaded model was not built"
+    assert loaded.model_config == model.model_config and loaded.loss_config == model.loss_config
+    before, after = _outputs(model, batch), _outputs(loaded, batch)
+    for name in ("image", "caption", "entities"):
+        np.testing.assert_allclose(after[name], before[name], atol=1e-6, err_msg=name)
+
+
+# ------------------------------------------------------------- overfitting
+
+
+def test_fit_overfits_a_tiny_dataset() -> None:
+    x, y = _synthetic(BATCH, seed=2)
+    keras.utils.set_random_seed(0)
+    cora = CoraModel(CONFIG, LossConfig())
+    cora.build()
+    cora.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=keras.backend.backend() == "jax")
+    history = cora.fit(x, y, batch_size=BATCH, epochs=STEPS, shuffle=False, verbose=0).history
+    assert set(LOSS_TERMS) <= set(history)
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    outputs = _outputs(cora, x)
+    ranks = (outputs["image"] @ outputs["caption"].T).argmax(axis=1)
+    # Past the collapsed phase (every similarity equal, R@1 at chance 1/8):
+    # image -> caption R@1 on the training set.
+    assert np.mean(ranks == np.arange(BATCH)) >= 0.875
+
