@@ -3,8 +3,11 @@
 The recipe (MODEL.md section 5) as Keras objects, usable on their own:
 
     config.model.vocab_size = len(train_split.vocabulary)
+    prepare_run_dir("runs/demo", config, train_split.vocabulary, resume=False)
+    encoder = GraphEncoder(train_split.vocabulary, config.model, config.augment)
     model = CoraModel(config.model, config.loss)
     model.build()
+    steps_per_epoch = train_split.num_captions // config.train.batch_size
     compile_model(model, config.train, steps_per_epoch)
     model.fit(
         training_dataset(train_split, encoder, config, config.train.seed),
@@ -397,6 +400,7 @@ def training_callbacks(
     and the backup (what `--resume` restarts from) is written last.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     logs = run_dir / LOG_DIR
     return [
         RetrievalEvaluation(dev_split, encoder, config, picture_dir=logs / "validation"),

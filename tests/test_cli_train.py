@@ -235,3 +235,37 @@ def test_evaluate_prints_the_table_row_of_the_saved_embeddings(evaluated):
     assert header.split()[0] == "protocol"
     assert row == "10 images  " + format_table_row(retrieval_metrics(images @ captions.T))
     assert re.fullmatch(r"10 images  ([\d.]+ ){3}/ ([\d.]+ ){3}/ [\d.]+", row)
+
+
+def test_evaluate_reads_the_authors_checkpoint(world, tmp_path, capsys):
+    pytest.importorskip("torch")
+    from tests.reference_cora import random_state_dict, reference_forward, save_release_checkpoint
+
+    words = Vocabulary.load(world / "vocab.json").idx2word
+    release_vocab = tmp_path / "vocab.json"  # the release format: no linguistic lists
+    release_vocab.write_text(json.dumps(
+        {"word2idx": {w: i for i, w in enumerate(words)}, "idx2word": dict(enumerate(words)), "idx": len(words)}
+    ))
+    state_dict = random_state_dict(len(words), embed_size=32, word_dim=16, region_feature_size=32)
+    save_release_checkpoint(state_dict, str(tmp_path / "release.pth"))
+    config = config_from_dict({**TINY, "model": {**TINY["model"], "num_heads": 16, "gpo_hidden": 32}})
+    config.train.run_eagerly = keras.backend.backend() == "tensorflow"
+    save_config(config, tmp_path / "release.yaml")
+    npz = tmp_path / "test.npz"
+    status = cli.main(
+        ["evaluate", "--checkpoint", str(tmp_path / "release.pth"), "--config", str(tmp_path / "release.yaml"),
+         "--vocab", str(release_vocab), "--data", str(world), "--split", "test", "--save-embeddings", str(npz)]
+    )
+    assert status == 0
+    with np.load(npz) as data:
+        images, captions = data["images"], data["captions"]
+    assert capsys.readouterr().out.splitlines()[1] == "10 images  " + format_table_row(
+        retrieval_metrics(images @ captions.T)
+    )
+    split = load_split(world, "test", config)
+    encoder = GraphEncoder(Vocabulary.load(world / "vocab.json"), config.model, config.augment)
+    inputs = {name: value for name, value in encoder.encode_batch(split.graphs).items() if name in CAPTION_INPUTS}
+    inputs.update(regions=split.features.read_many(np.arange(10)), region_counts=np.full(10, 36, np.int32))
+    reference = reference_forward(state_dict, inputs, num_heads=16, max_relations=config.model.max_relations)
+    np.testing.assert_allclose(images, reference["image"], atol=1e-4)
+    np.testing.assert_allclose(captions, reference["caption"], atol=1e-4)
