@@ -71,7 +71,8 @@ class CoraModel(keras.Model):
         self.built = True
 
     def get_build_config(self):
-        return {}
+        # Non-empty, so that loading a .keras file calls build_from_config.
+        return {"built_from": "model_config"}
 
     def build_from_config(self, config):
         self.build()
