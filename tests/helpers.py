@@ -8,14 +8,18 @@ tests share.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import keras
 import numpy as np
 
 from cora_keras.config import ModelConfig
+from cora_keras.layers.graph_attention import GraphAttention
+from cora_keras.layers.gru import LengthMaskedGRU
 from tests.reference_cora import GruWeights, layer_norm, softmax
 
 
-def small_model_config(**overrides) -> ModelConfig:
+def small_model_config(**overrides: Any) -> ModelConfig:
     """A CoraModel small enough for CPU tests (D=64, W=32, F=32, vocab 100).
 
     E=8 and K=8 exceed the default per-caption budgets (6), so a batch of
@@ -37,12 +41,12 @@ def small_model_config(**overrides) -> ModelConfig:
     return ModelConfig(**values)
 
 
-def numpy64(x) -> np.ndarray:
+def numpy64(x: Any) -> np.ndarray:
     """Any backend's tensor as a float64 NumPy array."""
     return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64)
 
 
-def gru_weights(gru) -> GruWeights:
+def gru_weights(gru: LengthMaskedGRU) -> GruWeights:
     """A `LengthMaskedGRU`'s weights in the PyTorch layout of `reference_cora`.
 
     Keras keeps kernel (in, 3u) with gate columns (z, r, h); PyTorch keeps
@@ -73,7 +77,9 @@ def dense_numpy(dense: keras.layers.Dense, x: np.ndarray) -> np.ndarray:
     return y
 
 
-def graph_attention_numpy(layer, nodes: np.ndarray, adjacency: np.ndarray) -> np.ndarray:
+def graph_attention_numpy(
+    layer: GraphAttention, nodes: np.ndarray, adjacency: np.ndarray
+) -> np.ndarray:
     """`GraphAttention` over dense nodes (b, n, H), adjacency (b, n, n), no dropout.
 
     MODEL.md 2.2 written head by head: s_ij = a_c . LeakyReLU(q_i + k_j) + beta_c,
@@ -94,14 +100,16 @@ def graph_attention_numpy(layer, nodes: np.ndarray, adjacency: np.ndarray) -> np
     return np.maximum(layer_norm(messages + q, numpy64(norm.gamma), numpy64(norm.beta)), 0.0)
 
 
-def randomize_weights(layer, seed: int, scale: float = 0.5) -> None:
+def randomize_weights(layer: keras.layers.Layer, seed: int, scale: float = 0.5) -> None:
     """Give every weight (biases, norms, score vectors too) random values."""
     rng = np.random.default_rng(seed)
     for weight in layer.weights:
         weight.assign(rng.normal(0.0, scale, weight.shape).astype(weight.dtype))
 
 
-def assert_config_round_trip(layer, run) -> None:
+def assert_config_round_trip(
+    layer: keras.layers.Layer, run: Callable[[keras.layers.Layer], Any]
+) -> None:
     """`from_config(get_config())` rebuilds the same layer: same config, and the
     same outputs once given the original's weights. `run(layer)` calls it."""
     clone = type(layer).from_config(layer.get_config())
