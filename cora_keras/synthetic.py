@@ -19,8 +19,8 @@ def synthetic_batch(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One (x, y) batch: valid counts and phrase lengths uniform in the ranges.
 
-    Each caption gets 1 to (number of entities) relations between random
-    entity pairs; word ids are uniform over the vocabulary past the five
+    Each caption of two or more entities gets 1 to (number of entities)
+    relations between random entity pairs; word ids are uniform over the vocabulary past the five
     special tokens; name and attribute ids are small integers so entities
     of different captions sometimes match.
     """
@@ -48,7 +48,8 @@ def synthetic_batch(
                 arrays["attribute_tokens"][b, e, a, : len(tokens)] = tokens
                 attribute = int(rng.integers(1, 10))
                 arrays["entity_attribute_ids"][b, e, a] = arrays["graph_attribute_ids"][b, e, a] = attribute
-        for r in range(min(int(rng.integers(1, n + 1)), config.max_caption_relations)):
+        relations = int(rng.integers(1, n + 1)) if n > 1 else 0
+        for r in range(min(relations, config.max_caption_relations)):
             tokens = phrase()
             arrays["relation_tokens"][b, r, : len(tokens)] = tokens
             arrays["relation_subject"][b, r], arrays["relation_object"][b, r] = rng.choice(n, 2, replace=False)
