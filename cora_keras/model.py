@@ -82,7 +82,9 @@ class CoraModel(keras.Model):
         """(B, D) normalised image embeddings from `regions`, `region_counts`."""
         regions = inputs["regions"]
         batch = regions.shape[0]
-        budget = region_budget(self.model_config, batch) if batch is not None else None
+        # A training budget: region dropout leaves a share of the rows valid,
+        # while evaluation feeds all of them.
+        budget = region_budget(self.model_config, batch) if batch is not None and training else None
         image = self.region_encoder(regions, inputs["region_counts"], row_budget=budget, training=training)
         return _l2_normalize(image)
 

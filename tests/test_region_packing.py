@@ -42,6 +42,15 @@ def test_packed_rows_give_the_dense_embeddings_and_norm_statistics(models, train
         np.testing.assert_allclose(u, v, atol=1e-6)
 
 
+def test_evaluation_encodes_every_row_past_the_training_budget(models):
+    dense, packed = models
+    x, _ = synthetic_batch(dense.model_config, 6, np.random.default_rng(1), regions=(36, 36))
+    assert x["region_counts"].sum() > region_budget(packed.model_config, 6)
+    a = keras.ops.convert_to_numpy(dense.encode_images(x, training=False))
+    b = keras.ops.convert_to_numpy(packed.encode_images(x, training=False))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_region_budget_is_none_at_full_share_and_rounds_up():
     assert region_budget(ModelConfig(), 8) is None
     assert region_budget(ModelConfig(region_budget=0.5), 3) == 54
