@@ -14,6 +14,8 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from cora_keras.config import DISTRIBUTIONS
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -68,13 +70,20 @@ def _train_command(subparsers: argparse._SubParsersAction) -> None:
     command.add_argument("--epochs", type=_positive_int, help="train.epochs")
     command.add_argument("--steps-per-epoch", type=_positive_int, help="train.steps_per_epoch (short runs)")
     command.add_argument("--resume", action="store_true", help="continue the run in --out from its backup")
+    command.add_argument(
+        "--distribution", choices=DISTRIBUTIONS,
+        help="train.distribution: data-parallel engine (data_parallel: JAX; mirrored, "
+        "multi_worker_mirrored: TensorFlow); train.batch_size stays the global batch",
+    )
     command.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from cora_keras.training import run_config, train
 
-    config = run_config(args.config, args.out, args.set, args.epochs, args.steps_per_epoch, args.resume)
+    config = run_config(
+        args.config, args.out, args.set, args.epochs, args.steps_per_epoch, args.resume, args.distribution
+    )
     history = train(config, args.data, args.out, resume=args.resume)
     rsum = history.history.get("val_rsum", [])
     if rsum:

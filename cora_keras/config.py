@@ -16,6 +16,10 @@ from typing import Any, Literal, Optional
 import yaml
 
 
+# The data-parallel engines of `train.distribution` (cora_keras/distribution.py).
+DISTRIBUTIONS = ("none", "data_parallel", "mirrored", "multi_worker_mirrored")
+
+
 class ConfigError(ValueError):
     """A config file or override names an unknown key or a wrong value."""
 
@@ -117,6 +121,9 @@ class TrainConfig:
     steps_per_epoch: Optional[int] = None
     eval_batch_size: int = 128
     run_eagerly: bool = False  # no graph compilation: debugging and tiny runs
+    # Data-parallel engine (cora_keras/distribution.py); batch_size is the
+    # global batch over all devices and hosts.
+    distribution: Literal[DISTRIBUTIONS] = "none"
 
 
 @dataclass

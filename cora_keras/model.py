@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from cora_keras import losses
+from cora_keras import distribution, losses
 from cora_keras.config import LossConfig, ModelConfig
 from cora_keras.inputs import caption_specs, image_specs, phrase_budgets, region_budget
 from cora_keras.layers.entity_composer import EntityComposer
@@ -156,11 +156,17 @@ class CoraModel(keras.Model):
 
     # ------------------------------------------------------------- objective
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Total three-term loss; updates one metric per term."""
+        """Total three-term loss of the global batch; updates one metric per term.
+
+        Under tf.distribute every replica gathers all replicas' embeddings
+        and targets and returns its share of the global loss (see
+        `cora_keras.distribution`); elsewhere the batch is already global.
+        """
+        y_pred, y = distribution.gather_replicas((y_pred, y))
         terms = losses.cora_objective(y_pred, y, self.loss_config)
         for name, value in terms.items():
             self.trackers[name].update_state(value)
-        return terms["loss"]
+        return distribution.replica_share(terms["loss"])
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return self.get_metrics_result()

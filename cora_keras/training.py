@@ -49,6 +49,7 @@ from keras import ops
 from cora_keras.config import Config, ConfigError, TrainConfig, load_config, save_config
 from cora_keras.data.datasets import Split, load_split
 from cora_keras.data.pipeline import TrainingBatches, training_dataset
+from cora_keras.distribution import training_engine
 from cora_keras.evaluation import (
     SplitEmbedder,
     backend_jit_compile,
@@ -68,8 +69,9 @@ HISTORY_FILE = "history.json"
 LOG_DIR = "logs"
 BACKUP_DIR = "backup"
 PICTURE_TAG = "dev_similarity"
-# Config keys a resumed run may change: how long it runs.
-RESUMABLE_CHANGES = ("train.epochs", "train.steps_per_epoch")
+# Config keys a resumed run may change: how long it runs, and on how many
+# devices (the global batch, hence the computation, stays the same).
+RESUMABLE_CHANGES = ("train.epochs", "train.steps_per_epoch", "train.distribution")
 _BACKUP_METADATA = "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
 
 
@@ -463,10 +465,11 @@ def run_config(
     epochs: Optional[int] = None,
     steps_per_epoch: Optional[int] = None,
     resume: bool = False,
+    distribution: Optional[str] = None,
 ) -> Config:
     """The config of a `train` command: the file, `--set` overrides, then
-    `--epochs` and `--steps-per-epoch`. On resume without a file, the run's
-    own `config.yaml`."""
+    `--epochs`, `--steps-per-epoch` and `--distribution`. On resume without
+    a file, the run's own `config.yaml`."""
     if config_path is None:
         if not resume:
             raise ConfigError("--config is required unless --resume continues a run")
@@ -478,6 +481,8 @@ def run_config(
         extra.append(f"train.epochs={epochs}")
     if steps_per_epoch is not None:
         extra.append(f"train.steps_per_epoch={steps_per_epoch}")
+    if distribution is not None:
+        extra.append(f"train.distribution={distribution}")
     return load_config(config_path, extra)
 
 
@@ -533,8 +538,12 @@ def train(
 
     `model.vocab_size` is set from the dataset's vocabulary. With `resume`,
     training continues from the run's backup (weights, optimizer state and
-    epoch). Returns the History of this call (`history.model` is the model).
+    epoch). `train.distribution` selects the data-parallel engine
+    (`cora_keras.distribution`). Returns the History of this call
+    (`history.model` is the model).
     """
+    engine = training_engine(config.train.distribution)
+    engine.check_batch_sizes(config.train)
     run_dir = Path(run_dir)
     train_split = load_split(data_dir, "train", config)
     vocabulary = train_split.vocabulary
@@ -548,17 +557,22 @@ def train(
     steps_per_epoch = config.train.steps_per_epoch or batches.steps_per_epoch
 
     keras.utils.set_random_seed(config.train.seed)
-    model = CoraModel(config.model, config.loss)
-    model.build()
-    compile_model(model, config.train, steps_per_epoch)
-    dataset = training_dataset(
-        train_split, encoder, config, config.train.seed, first_epoch=_backed_up_epoch(run_dir)
-    )
-    return model.fit(
-        dataset,
-        epochs=config.train.epochs,
-        steps_per_epoch=config.train.steps_per_epoch,
-        callbacks=training_callbacks(run_dir, dev_split, encoder, config),
-        shuffle=False,  # the dataset orders each epoch itself
-        verbose=verbose,
-    )
+    first_epoch = _backed_up_epoch(run_dir)
+    with engine.scope():
+        model = CoraModel(config.model, config.loss)
+        model.build()
+        compile_model(model, config.train, steps_per_epoch)
+        dataset = engine.distribute(
+            lambda shard, endless: training_dataset(
+                train_split, encoder, config, config.train.seed,
+                first_epoch=first_epoch, shard=shard, endless=endless,
+            )
+        )
+        return model.fit(
+            dataset,
+            epochs=config.train.epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=training_callbacks(run_dir, dev_split, encoder, config),
+            shuffle=False,  # the dataset orders each epoch itself
+            verbose=verbose,
+        )

@@ -7,7 +7,9 @@ Batches are assembled in numpy (`TrainingBatches`, `ImageBatches`,
 (seed, epoch, caption index), so batches do not depend on thread
 scheduling; the caption order is a permutation seeded by (seed, epoch).
 Shapes follow `cora_keras/inputs.py`; training batches have the static
-batch size `train.batch_size` (the remainder of an epoch is dropped).
+batch size `train.batch_size` (the remainder of an epoch is dropped). For
+data-parallel training an `InputShard` names the contiguous parts of each
+batch one input pipeline builds (`cora_keras.distribution`).
 """
 
 from __future__ import annotations
@@ -56,10 +58,50 @@ class PhraseBudgetError(ValueError):
     """A batch holds more real phrases than the model's static budget."""
 
 
-def check_phrase_budgets(captions: Arrays, model_config: ModelConfig) -> None:
-    """Raise PhraseBudgetError when a batch of captions overflows a budget."""
+@dataclass(frozen=True)
+class InputShard:
+    """The parts of each training batch one input pipeline builds.
+
+    Each batch of `train.batch_size` captions is cut into `num_parts`
+    contiguous parts of equal size; the pipeline yields the parts
+    `part_ids` of every batch, one dataset element each, in that order.
+
+    Attributes:
+        num_parts: parts per batch.
+        part_ids: the parts this pipeline builds.
+        per_part_budgets: True when the model runs on each part alone
+            (tf.distribute replicas): a part must fit the phrase and region
+            budgets of its own size. False when the model runs on the whole
+            batch (JAX DataParallel over several processes): a part must fit
+            its share of the whole batch's budgets.
+    """
+
+    num_parts: int = 1
+    part_ids: tuple[int, ...] = (0,)
+    per_part_budgets: bool = True
+
+
+def _budget_share(budget: int, size: int, budget_batch_size: Optional[int]) -> int:
+    """A batch of `size` rows' share of the budget of `budget_batch_size` rows."""
+    if budget_batch_size is None or budget_batch_size == size:
+        return budget
+    return budget * size // budget_batch_size
+
+
+def check_phrase_budgets(
+    captions: Arrays, model_config: ModelConfig, budget_batch_size: Optional[int] = None
+) -> None:
+    """Raise PhraseBudgetError when a batch of captions overflows a budget.
+
+    `budget_batch_size`: the batch the model runs on when this batch is
+    one part of it (default: this batch); the part gets its share.
+    """
     batch_size = len(captions["entity_tokens"])
-    budgets = phrase_budgets(model_config, batch_size)
+    whole = budget_batch_size or batch_size
+    budgets = {
+        kind: _budget_share(budget, batch_size, whole)
+        for kind, budget in phrase_budgets(model_config, whole).items()
+    }
     counts = {
         "entities": _real_phrases(captions["entity_tokens"]),
         "attributes": _real_phrases(captions["attribute_tokens"]),
@@ -76,9 +118,15 @@ def check_phrase_budgets(captions: Arrays, model_config: ModelConfig) -> None:
             )
 
 
-def check_region_budget(counts: np.ndarray, model_config: ModelConfig) -> None:
-    """Raise PhraseBudgetError when a batch's valid regions overflow the budget."""
-    budget = region_budget(model_config, len(counts))
+def check_region_budget(
+    counts: np.ndarray, model_config: ModelConfig, budget_batch_size: Optional[int] = None
+) -> None:
+    """Raise PhraseBudgetError when a batch's valid regions overflow the budget
+    (`budget_batch_size` as in `check_phrase_budgets`)."""
+    whole = budget_batch_size or len(counts)
+    budget = region_budget(model_config, whole)
+    if budget is not None:
+        budget = _budget_share(budget, len(counts), whole)
     total = int(np.sum(counts))
     if budget is not None and total > budget:
         raise PhraseBudgetError(
@@ -122,23 +170,41 @@ class TrainingBatches:
     """Sampled training batches of one split, in numpy.
 
     One epoch visits every caption once in an order seeded by (seed, epoch);
-    a batch holds `train.batch_size` captions with their images.
+    a batch holds `train.batch_size` captions with their images. `epoch`
+    yields the parts of each batch that `shard` names (the whole batch by
+    default); a caption's sampling does not depend on the sharding.
 
     Args:
         split: the split to read.
         encoder: turns a scene graph into caption inputs and targets.
         config: the run's config (shapes, augmentation, batch size).
         seed: the seed of every random choice.
+        shard: the parts of each batch to build.
     """
 
     def __init__(
-        self, split: Split, encoder: CaptionEncoder, config: Config, seed: int
+        self,
+        split: Split,
+        encoder: CaptionEncoder,
+        config: Config,
+        seed: int,
+        shard: InputShard = InputShard(),
     ) -> None:
         self.split = split
         self.encoder = encoder
         self.config = config
         self.seed = seed
+        self.shard = shard
         self.batch_size = config.train.batch_size
+        if self.batch_size % shard.num_parts or not all(
+            0 <= part < shard.num_parts for part in shard.part_ids
+        ):
+            raise ValueError(
+                f"train.batch_size = {self.batch_size} does not split into "
+                f"{shard.num_parts} equal parts with parts {shard.part_ids} among them"
+            )
+        self.part_size = self.batch_size // shard.num_parts
+        self.budget_batch_size = self.part_size if shard.per_part_budgets else self.batch_size
         specs = {**caption_specs(config.model), **target_specs(config.model)}
         self._encoded_specs = {k: v for k, v in specs.items() if k != "image_ids"}
         self.steps_per_epoch = split.num_captions // self.batch_size
@@ -170,10 +236,10 @@ class TrainingBatches:
             keep[row] = region_keep_mask(rng, model.num_regions, drop)
             encoded.append(self.encoder.encode(self.split.graphs[index], rng))
         captions = _stack(encoded, self._encoded_specs)
-        check_phrase_budgets(captions, model)
+        check_phrase_budgets(captions, model, self.budget_batch_size)
         image_ids = np.asarray(caption_indices, np.int64) // CAPTIONS_PER_IMAGE
         regions, counts = drop_regions(self.split.features.read_many(image_ids), keep)
-        check_region_budget(counts, model)
+        check_region_budget(counts, model, self.budget_batch_size)
         x = {"regions": regions, "region_counts": counts}
         x.update((name, captions[name]) for name in CAPTION_INPUTS)
         y = {name: captions[name] for name in TARGETS if name != "image_ids"}
@@ -186,9 +252,16 @@ class TrainingBatches:
         for step in range(self.steps_per_epoch):
             yield order[step * self.batch_size : (step + 1) * self.batch_size]
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Arrays, Arrays]]:
-        """Every (x, y) batch of `epoch`, in order (single-threaded numpy)."""
+    def part_batches(self, epoch: int) -> Iterator[np.ndarray]:
+        """The caption indices of the shard's parts of each batch of `epoch`."""
+        size = self.part_size
         for indices in self.caption_batches(epoch):
+            for part in self.shard.part_ids:
+                yield indices[part * size : (part + 1) * size]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Arrays, Arrays]]:
+        """Every (x, y) part of `epoch`, in order (single-threaded numpy)."""
+        for indices in self.part_batches(epoch):
             yield self.batch(epoch, indices)
 
 
@@ -266,20 +339,26 @@ def training_dataset(
     seed: int,
     *,
     first_epoch: int = 0,
+    shard: InputShard = InputShard(),
+    endless: bool = False,
 ) -> tf.data.Dataset:
     """(x, y) batches of `train.batch_size` captions; one iteration = one epoch.
 
     The k-th iteration over the dataset is epoch `first_epoch + k`: its
     order and sampling depend only on (seed, epoch). Batches are built in
-    `data.parallel_calls` threads, in order, and prefetched.
+    `data.parallel_calls` threads, in order, and prefetched. With `shard`,
+    the elements are the shard's parts of each batch (see `InputShard`);
+    only their images are read. With `endless`, every iteration runs epoch
+    after epoch from `first_epoch` on, without end (for a loop that counts
+    its steps per epoch itself and may start an iteration just to look).
     """
-    batches = TrainingBatches(split, encoder, config, seed)
+    batches = TrainingBatches(split, encoder, config, seed, shard)
     epochs = itertools.count(first_epoch)
 
     def caption_index_batches() -> Iterator[tuple[int, np.ndarray]]:
-        epoch = next(epochs)
-        for indices in batches.caption_batches(epoch):
-            yield epoch, indices
+        for epoch in itertools.count(first_epoch) if endless else [next(epochs)]:
+            for indices in batches.part_batches(epoch):
+                yield epoch, indices
 
     specs = {
         **image_specs(config.model),
@@ -292,7 +371,7 @@ def training_dataset(
         return {**x, **y}
 
     def build_tensors(epoch: tf.Tensor, indices: tf.Tensor) -> tuple[dict, dict]:
-        tensors = _numpy_batch(build, [epoch, indices], specs, batches.batch_size)
+        tensors = _numpy_batch(build, [epoch, indices], specs, batches.part_size)
         x = {name: tensors[name] for name in (*IMAGE_INPUTS, *CAPTION_INPUTS)}
         return x, {name: tensors[name] for name in TARGETS}
 
@@ -300,7 +379,7 @@ def training_dataset(
         caption_index_batches,
         output_signature=(
             tf.TensorSpec((), tf.int64),
-            tf.TensorSpec((batches.batch_size,), tf.int64),
+            tf.TensorSpec((batches.part_size,), tf.int64),
         ),
     )
     dataset = dataset.map(
@@ -308,8 +387,9 @@ def training_dataset(
         num_parallel_calls=config.data.parallel_calls,
         deterministic=True,
     )
+    length = batches.steps_per_epoch * len(shard.part_ids)
     dataset = dataset.apply(
-        tf.data.experimental.assert_cardinality(batches.steps_per_epoch)
+        tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY if endless else length)
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
 

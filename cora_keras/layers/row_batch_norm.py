@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from cora_keras.distribution import replica_sum
+
 
 @keras.saving.register_keras_serializable(package="cora_keras")
 class RowBatchNorm(keras.layers.Layer):
@@ -13,7 +15,9 @@ class RowBatchNorm(keras.layers.Layer):
 
     Training statistics are those of the whole batch: the weighted rows
     (`row_weight` 1 = present, 0 = budget padding) plus `absent` copies of
-    `absent_value`, so packing out padded rows changes nothing. Momentum
+    `absent_value`, so packing out padded rows changes nothing. Under
+    tf.distribute the sums run over every replica's rows, so the
+    statistics are the global batch's (as under JAX). Momentum
     and epsilon follow Keras (PyTorch momentum 0.1 = Keras 0.9).
 
     Args:
@@ -42,9 +46,9 @@ class RowBatchNorm(keras.layers.Layer):
         if training:
             w = ops.cast(row_weight, rows.dtype)[:, None]
             absent = ops.cast(absent, rows.dtype)
-            total = ops.sum(w) + absent
-            mean = (ops.sum(w * rows, axis=0) + absent * absent_value) / total
-            variance = (
+            total = replica_sum(ops.sum(w) + absent)
+            mean = replica_sum(ops.sum(w * rows, axis=0) + absent * absent_value) / total
+            variance = replica_sum(
                 ops.sum(w * ops.square(rows - mean), axis=0)
                 + absent * ops.square(absent_value - mean)
             ) / total

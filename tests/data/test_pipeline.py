@@ -11,9 +11,11 @@ from cora_keras.data.features import PrecompFeatures
 from cora_keras.data.pipeline import (
     CaptionBatches,
     ImageBatches,
+    InputShard,
     PhraseBudgetError,
     TrainingBatches,
     check_phrase_budgets,
+    check_region_budget,
     drop_regions,
     evaluation_dataset,
     region_keep_mask,
@@ -350,3 +352,61 @@ def test_evaluation_datasets_in_order(split):
         np.testing.assert_array_equal(
             np.concatenate([b[name] for b in captions]), expected[name]
         )
+
+
+# ------------------------------------------------------------ sharded input
+
+
+def test_shards_parts_in_order_make_up_each_batch(split):
+    """Two pipelines of two parts each (two workers of two replicas)."""
+    config = _config(region_drop=0.35, entity_drop=0.2, token_mask=0.2)
+    encoder = _encoder(split, config)
+    whole = list(TrainingBatches(split, encoder, config, seed=2).epoch(1))
+    workers = [
+        list(TrainingBatches(split, encoder, config, seed=2, shard=InputShard(4, ids)).epoch(1))
+        for ids in ((0, 1), (2, 3))
+    ]
+    assert len(whole) == 7 and [len(w) for w in workers] == [14, 14]
+    for step, (x, y) in enumerate(whole):
+        parts = [workers[w][2 * step + j] for w in (0, 1) for j in (0, 1)]
+        assert {len(part_y["image_ids"]) for _, part_y in parts} == {1}
+        for name in x:
+            np.testing.assert_array_equal(np.concatenate([px[name] for px, _ in parts]), x[name])
+        for name in y:
+            np.testing.assert_array_equal(np.concatenate([py[name] for _, py in parts]), y[name])
+
+
+def test_shard_must_split_the_batch(split):
+    config = _config(batch_size=4)
+    with pytest.raises(ValueError, match=r"batch_size = 4 does not split into 3 equal parts"):
+        TrainingBatches(split, _encoder(split, config), config, seed=0, shard=InputShard(3, (0,)))
+    with pytest.raises(ValueError, match=r"into 2 equal parts with parts \(2,\)"):
+        TrainingBatches(split, _encoder(split, config), config, seed=0, shard=InputShard(2, (2,)))
+
+
+def test_part_budgets_are_its_own_or_its_share_of_the_batch(split):
+    config = _config()
+    config.model.entity_budget = 0.0  # min(3b, 0 * b + 3) = 3 entities for any b
+    two = _encoder(split, config).encode_batch([SceneGraph("x", [Entity("dog")])] * 2)
+    check_phrase_budgets(two, config.model)  # 2 <= 3
+    with pytest.raises(PhraseBudgetError, match=r"holds 2 real entities, over the entities budget of 1;"):
+        check_phrase_budgets(two, config.model, budget_batch_size=4)  # 3 * 2 // 4 = 1
+    config.model.region_budget = 0.55  # 2 images: ceil(5.5) = 6 rows; 4 images: 11, share 5
+    check_region_budget(np.array([3, 3]), config.model)
+    with pytest.raises(PhraseBudgetError, match=r"holds 6 valid regions, over the region budget of 5"):
+        check_region_budget(np.array([3, 3]), config.model, budget_batch_size=4)
+
+
+@pytest.mark.tf_only
+def test_endless_training_dataset_runs_epoch_after_epoch_from_the_first(split):
+    import tensorflow as tf
+
+    config = _config()
+    encoder = _encoder(split, config)
+    dataset = training_dataset(split, encoder, config, seed=4, first_epoch=1, endless=True)
+    assert int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
+    reference = TrainingBatches(split, encoder, config, seed=4)
+    expected = [y["image_ids"] for epoch in (1, 2) for _, y in reference.epoch(epoch)]
+    for _ in range(2):  # a second iteration starts again at first_epoch
+        got = [np.asarray(y["image_ids"]) for _, y in dataset.take(len(expected))]
+        np.testing.assert_array_equal(np.stack(got), np.stack(expected))
