@@ -20,6 +20,10 @@ from cora_keras.config import load_config
 from cora_keras.model import CoraModel
 from cora_keras.synthetic import synthetic_batch
 
+# Budgets that fit the synthetic statistics (4 entities, 4 attributes, 2.5
+# relations per caption on average).
+FITTED_BUDGETS = ["model.entity_budget=5", "model.attribute_budget=5", "model.relation_budget=3.5"]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,10 +34,7 @@ def main() -> None:
     parser.add_argument("--no-jit", action="store_true", help="compile without XLA")
     args = parser.parse_args()
 
-    # Budgets that fit the synthetic statistics (4 entities, 4 attributes,
-    # 2.5 relations per caption on average); command-line --set wins.
-    fitted = ["model.entity_budget=5", "model.attribute_budget=5", "model.relation_budget=3.5"]
-    config = load_config(args.config, fitted + args.set)
+    config = load_config(args.config, FITTED_BUDGETS + args.set)  # --set wins
     rng = np.random.default_rng(0)
     batches = [synthetic_batch(config.model, args.batch_size, rng) for _ in range(min(args.steps + 1, 4))]
     model = CoraModel(config.model, config.loss)

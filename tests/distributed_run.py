@@ -21,9 +21,10 @@ how many devices it used. Dropout is off, so both sides are deterministic.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
+
+from cora_keras.cpu_devices import split_cpu
 
 DEVICES = 2
 NO_DROPOUT = {
@@ -32,20 +33,6 @@ NO_DROPOUT = {
     "composer_dropout": 0.0,
     "relation_attention_dropout": 0.0,
 }
-
-
-def _make_devices(backend: str) -> None:
-    """Split the CPU into `DEVICES` devices; before Keras loads the backend."""
-    os.environ["KERAS_BACKEND"] = backend
-    if backend == "jax":
-        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
-    else:
-        import tensorflow as tf
-
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * DEVICES
-        )
 
 
 def _one_step(engine) -> dict:
@@ -146,7 +133,7 @@ PARTS = {"step": lambda root, engine: _one_step(engine), "fit": lambda root, eng
 
 
 def main(backend: str, engine_name: str, part: str, out_dir: str) -> None:
-    _make_devices(backend)
+    split_cpu(DEVICES, backend)
     import numpy as np
 
     from cora_keras.distribution import training_engine

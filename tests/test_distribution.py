@@ -20,6 +20,7 @@ import pytest
 
 from cora_keras import cli
 from cora_keras.config import DISTRIBUTIONS, Config, ConfigError, apply_overrides
+from cora_keras.cpu_devices import split_cpu
 from cora_keras.data.pipeline import InputShard
 from cora_keras.distribution import (
     ENGINE_BACKENDS,
@@ -74,6 +75,11 @@ def test_batch_sizes_must_split_over_the_devices():
     with pytest.raises(ConfigError, match=r"train.batch_size = 126 does not split over the 4 devices"):
         four.check_batch_sizes(SimpleNamespace(batch_size=126, eval_batch_size=8))
     training_engine("none").check_batch_sizes(SimpleNamespace(batch_size=7, eval_batch_size=3))
+
+
+def test_cpu_split_only_for_backends_with_an_engine():
+    with pytest.raises(ValueError, match="backend 'torch'; expected 'jax' or 'tensorflow'"):
+        split_cpu(2, "torch")
 
 
 def test_replica_helpers_are_the_identity_outside_replicas():
