@@ -49,8 +49,9 @@ class ModelConfig:
     attribute_budget: float = 3.0
     relation_budget: float = 3.5
     # Share of the B x N region rows the image tower computes (valid rows
-    # packed first); 1.0 computes every row. Training with region dropout
-    # 0.35 keeps ~65% of the rows, so 0.8 skips most padding safely.
+    # packed first) in training; 1.0 computes every row. Region dropout
+    # 0.35 keeps ~65% of the rows, so the paper configs' 0.85 skips most
+    # padding safely. Evaluation always computes every valid row.
     region_budget: float = 1.0
     entity_layers: int = 1
     relation_layers: int = 2
@@ -74,6 +75,9 @@ class LossConfig:
     contrastive_weight: float = 1.0
     triplet_weight: float = 4.0
     specificity_weight: float = 11.0
+    # Epochs at the start of training whose triplet term sums over all
+    # negatives instead of taking the hardest (VSE-infinity's warm-up).
+    triplet_warmup_epochs: int = 0
 
 
 @dataclass

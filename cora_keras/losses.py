@@ -66,18 +66,23 @@ def supervised_contrastive_loss(images, texts, positives, text_mask, temperature
     return row + column
 
 
-def hardest_triplet_loss(images, captions, same, margin=0.35):
+def hardest_triplet_loss(images, captions, same, margin=0.35, hardest=1.0):
     """Term (b): VSE++ max-violation triplet, mean over both directions.
 
     `same` (B, B) bool marks pairs showing the same image; they and the
-    diagonal are never negatives.
+    diagonal are never negatives. `hardest` (a float or scalar tensor, 1
+    or 0) picks the max over negatives (1, the paper's term) or their sum
+    (0, VSE++/VSE-infinity's warm-up form, which keeps every negative's
+    gradient while the embeddings are still random).
     """
     sims = ops.matmul(images, ops.transpose(captions))
     diagonal = ops.diagonal(sims)
     excluded = ops.logical_or(same, ops.eye(ops.shape(sims)[0]) > 0)
     caption_cost = ops.where(excluded, 0.0, ops.relu(margin + sims - diagonal[:, None]))
     image_cost = ops.where(excluded, 0.0, ops.relu(margin + sims - diagonal[None, :]))
-    return ops.mean(ops.max(caption_cost, axis=1)) + ops.mean(ops.max(image_cost, axis=0))
+    hardest_cost = ops.mean(ops.max(caption_cost, axis=1)) + ops.mean(ops.max(image_cost, axis=0))
+    summed_cost = ops.mean(ops.sum(caption_cost, axis=1)) + ops.mean(ops.sum(image_cost, axis=0))
+    return hardest * hardest_cost + (1.0 - hardest) * summed_cost
 
 
 def specificity_loss(images, captions, entities, entity_mask, margin=0.35):
@@ -107,7 +112,7 @@ def contrastive_positives(targets, entity_mask):
     return ops.concatenate([same, entity_part], axis=1)
 
 
-def cora_objective(outputs, targets, config) -> dict:
+def cora_objective(outputs, targets, config, hardest=1.0) -> dict:
     """All terms and the weighted total (`loss`) for one batch.
 
     Args:
@@ -115,6 +120,8 @@ def cora_objective(outputs, targets, config) -> dict:
             `entity_mask`).
         targets: the targets of `cora_keras.inputs`.
         config: a `LossConfig` (weights, margins, temperature).
+        hardest: 1 for the max-violation triplet, 0 for its warm-up form
+            (see `hardest_triplet_loss`).
     """
     images, captions = outputs["image"], outputs["caption"]
     entities, entity_mask = outputs["entities"], outputs["entity_mask"]
@@ -125,7 +132,9 @@ def cora_objective(outputs, targets, config) -> dict:
     )
     positives = contrastive_positives(targets, entity_mask)
     contrastive = supervised_contrastive_loss(images, texts, positives, text_mask, config.temperature)
-    triplet = hardest_triplet_loss(images, captions, same_image(targets["image_ids"]), config.triplet_margin)
+    triplet = hardest_triplet_loss(
+        images, captions, same_image(targets["image_ids"]), config.triplet_margin, hardest
+    )
     specificity = specificity_loss(images, captions, entities, entity_mask, config.specificity_margin)
     total = (
         config.contrastive_weight * contrastive

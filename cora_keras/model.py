@@ -59,6 +59,11 @@ class CoraModel(keras.Model):
                 c.use_graph_global, c.gpo_hidden, c.graph_layer, name="relation_composer",
             )
         self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_TERMS}
+        # 1: the triplet term takes the hardest negative; 0: it sums over all
+        # negatives (set per epoch by `training.TripletWarmup`).
+        self.hardest_negatives = self.add_weight(
+            shape=(), initializer="ones", trainable=False, name="hardest_negatives"
+        )
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape=None):
@@ -163,7 +168,7 @@ class CoraModel(keras.Model):
         `cora_keras.distribution`); elsewhere the batch is already global.
         """
         y_pred, y = distribution.gather_replicas((y_pred, y))
-        terms = losses.cora_objective(y_pred, y, self.loss_config)
+        terms = losses.cora_objective(y_pred, y, self.loss_config, self.hardest_negatives)
         for name, value in terms.items():
             self.trackers[name].update_state(value)
         return distribution.replica_share(terms["loss"])

@@ -29,7 +29,11 @@ run directory holds:
     backup/            Keras BackupAndRestore state for `--resume`
 
 Weights and JSON files are written to a temporary name and renamed, so an
-interruption never leaves a half-written file.
+interruption never leaves a half-written file. In a data-parallel run of
+several processes only the chief (`TrainingEngine.is_chief`) writes the
+run directory; every process evaluates on dev, and on `--resume` every
+process restores the chief's backup, so the directory must be visible to
+all of them (a shared file system).
 """
 
 from __future__ import annotations
@@ -267,6 +271,22 @@ def compile_model(model: CoraModel, train: TrainConfig, steps_per_epoch: int) ->
 # ---------------------------------------------------------------- callbacks
 
 
+class TripletWarmup(keras.callbacks.Callback):
+    """Sum the triplet term over all negatives for the first `epochs` epochs,
+    then take the hardest (sets `CoraModel.hardest_negatives` per epoch).
+
+    Args:
+        epochs: warm-up epochs (`loss.triplet_warmup_epochs`).
+    """
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.hardest_negatives.assign(1.0 if epoch >= self.epochs else 0.0)
+
+
 class RetrievalEvaluation(keras.callbacks.Callback):
     """Dev retrieval after every epoch: R@1/5/10 both ways and RSUM in the logs.
 
@@ -393,23 +413,54 @@ def _current_learning_rate(model: keras.Model) -> float:
     return float(ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
+class RestoreBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that restores the backup in `backup_dir` when
+    training starts and never writes: a process of a cluster other than
+    the chief, which resumes from the chief's backup."""
+
+    def __init__(self, backup_dir: str | os.PathLike) -> None:
+        super().__init__(os.fspath(backup_dir), delete_checkpoint=False)
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        pass
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        pass
+
+
 def training_callbacks(
-    run_dir: str | os.PathLike, dev_split: Split, encoder: GraphEncoder, config: Config
+    run_dir: str | os.PathLike,
+    dev_split: Split,
+    encoder: GraphEncoder,
+    config: Config,
+    chief: bool = True,
 ) -> list[keras.callbacks.Callback]:
-    """Dev evaluation, checkpoints, history, TensorBoard and backup, in that order.
+    """Triplet warm-up, dev evaluation, checkpoints, history, TensorBoard and
+    backup, in that order.
 
     The order matters: checkpoints and logs read what the evaluation adds,
-    and the backup (what `--resume` restarts from) is written last.
+    and the backup (what `--resume` restarts from) is written last. A
+    process of a cluster that is not the `chief` writes nothing: it gets
+    the same evaluation, without the picture, and `RestoreBackup`.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     logs = run_dir / LOG_DIR
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        writers = [
+            RunCheckpoints(run_dir),
+            HistoryFile(run_dir / HISTORY_FILE),
+            keras.callbacks.TensorBoard(log_dir=os.fspath(logs), write_graph=False),
+            keras.callbacks.BackupAndRestore(os.fspath(run_dir / BACKUP_DIR), delete_checkpoint=False),
+        ]
+    else:
+        writers = [RestoreBackup(run_dir / BACKUP_DIR)]
     return [
-        RetrievalEvaluation(dev_split, encoder, config, picture_dir=logs / "validation"),
-        RunCheckpoints(run_dir),
-        HistoryFile(run_dir / HISTORY_FILE),
-        keras.callbacks.TensorBoard(log_dir=os.fspath(logs), write_graph=False),
-        keras.callbacks.BackupAndRestore(os.fspath(run_dir / BACKUP_DIR), delete_checkpoint=False),
+        TripletWarmup(config.loss.triplet_warmup_epochs),
+        RetrievalEvaluation(
+            dev_split, encoder, config, picture_dir=logs / "validation" if chief else None
+        ),
+        *writers,
     ]
 
 
@@ -489,8 +540,20 @@ def run_config(
 def prepare_run_dir(
     run_dir: str | os.PathLike, config: Config, vocabulary: Vocabulary, resume: bool
 ) -> None:
-    """Create the run directory or check it for `--resume`; write config.yaml
-    and vocab.json.
+    """`check_run_dir`, then create the run directory and write config.yaml
+    and vocab.json."""
+    check_run_dir(run_dir, config, vocabulary, resume)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _save_config_atomically(config, run_dir / CONFIG_FILE)
+    vocabulary.save(run_dir / VOCAB_FILE)
+
+
+def check_run_dir(
+    run_dir: str | os.PathLike, config: Config, vocabulary: Vocabulary, resume: bool
+) -> None:
+    """Raise RunDirectoryError unless the run directory fits the request;
+    reads only.
 
     A fresh run needs a missing or empty directory. A resumed run needs the
     directory's `config.yaml` to equal `config` except for
@@ -521,9 +584,6 @@ def prepare_run_dir(
         raise RunDirectoryError(
             f"{run_dir}: exists and is not empty; pass --resume to continue it or choose another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _save_config_atomically(config, saved)
-    vocabulary.save(run_dir / VOCAB_FILE)
 
 
 def train(
@@ -539,18 +599,23 @@ def train(
     `model.vocab_size` is set from the dataset's vocabulary. With `resume`,
     training continues from the run's backup (weights, optimizer state and
     epoch). `train.distribution` selects the data-parallel engine
-    (`cora_keras.distribution`). Returns the History of this call
-    (`history.model` is the model).
+    (`cora_keras.distribution`); in a cluster of processes only the chief
+    writes `run_dir`. Returns the History of this call (`history.model` is
+    the model).
     """
-    engine = training_engine(config.train.distribution)
-    engine.check_batch_sizes(config.train)
     run_dir = Path(run_dir)
     train_split = load_split(data_dir, "train", config)
     vocabulary = train_split.vocabulary
     config = dataclasses.replace(
         config, model=dataclasses.replace(config.model, vocab_size=len(vocabulary))
     )
-    prepare_run_dir(run_dir, config, vocabulary, resume)
+    # Every process checks the directory before its engine joins the cluster,
+    # which waits for all processes: none has written there yet.
+    check_run_dir(run_dir, config, vocabulary, resume)
+    engine = training_engine(config.train.distribution)
+    engine.check_batch_sizes(config.train)
+    if engine.is_chief:
+        prepare_run_dir(run_dir, config, vocabulary, resume)
     dev_split = load_split(data_dir, DEV_SPLIT, config)
     encoder = GraphEncoder(vocabulary, config.model, config.augment)
     batches = TrainingBatches(train_split, encoder, config, config.train.seed)
@@ -572,7 +637,7 @@ def train(
             dataset,
             epochs=config.train.epochs,
             steps_per_epoch=steps_per_epoch,
-            callbacks=training_callbacks(run_dir, dev_split, encoder, config),
+            callbacks=training_callbacks(run_dir, dev_split, encoder, config, engine.is_chief),
             shuffle=False,  # the dataset orders each epoch itself
             verbose=verbose,
         )

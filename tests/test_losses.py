@@ -155,6 +155,21 @@ def test_triplet_distinct_images_by_hand() -> None:
     assert _value(loss) == pytest.approx(0.85 / 3 + 0.85 / 3, abs=1e-6)
 
 
+def test_triplet_warmup_form_sums_over_negatives_by_hand() -> None:
+    images, captions = _triplet_case()
+    distinct = np.eye(3, dtype=bool)
+    summed = hardest_triplet_loss(images, captions, distinct, margin=0.35, hardest=0.0)
+    # Caption rows (0, 0, .15), (0, 0, .15), (.55, .15, 0): sums .15, .15, .7;
+    # image columns (0, 0, .35), (.15, 0, .15), (.35, .15, 0): sums .35, .3, .5.
+    assert _value(summed) == pytest.approx(1.0 / 3 + 1.15 / 3, abs=1e-6)
+    same = same_image(np.array([0, 1, 0]))
+    # Same-image pairs drop out: caption sums 0, .15, .15; image sums 0, .3
+    # (rows 0 and 2 both cost .15 against caption 1), .15.
+    assert _value(hardest_triplet_loss(images, captions, same, 0.35, hardest=0.0)) == pytest.approx(
+        0.3 / 3 + 0.45 / 3, abs=1e-6
+    )
+
+
 # ------------------------------------------------------- specificity
 
 

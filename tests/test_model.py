@@ -158,3 +158,29 @@ def test_fit_overfits_a_tiny_dataset() -> None:
     # image -> caption R@1 on the training set.
     assert np.mean(ranks == np.arange(BATCH)) >= 0.875
 
+
+
+def test_triplet_warmup_sums_over_negatives_then_takes_the_hardest() -> None:
+    from cora_keras.losses import hardest_triplet_loss, same_image
+    from cora_keras.training import TripletWarmup
+
+    x, y = _synthetic(BATCH, seed=3)
+    config = small_model_config(
+        region_dropout=0.0, word_dropout=0.0, composer_dropout=0.0, relation_attention_dropout=0.0
+    )
+    cora = CoraModel(config, LossConfig())
+    cora.build()
+    # A zero learning rate keeps the weights, so both epochs see the same embeddings.
+    cora.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=keras.backend.backend() == "jax")
+    history = cora.fit(
+        x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[TripletWarmup(2)]
+    ).history
+    outputs = cora(x, training=True)
+    same = same_image(y["image_ids"])
+    expected = [
+        float(numpy64(hardest_triplet_loss(outputs["image"], outputs["caption"], same, 0.35, hardest)))
+        for hardest in (0.0, 0.0, 1.0)
+    ]
+    assert expected[0] > expected[2]
+    np.testing.assert_allclose(history["triplet_loss"], expected, rtol=1e-5)
+    assert float(numpy64(cora.hardest_negatives)) == 1.0
