@@ -35,6 +35,9 @@ class ModelConfig:
     text_encoder: Literal["gru", "bert", "bow"] = "gru"
     bert_preset: Optional[str] = None  # local keras_hub preset directory
     bert_backbone: Optional[dict] = None  # BertBackbone kwargs (random init)
+    # WordPiece vocabulary file (one token per line) for a BERT built from
+    # bert_backbone; a bert_preset brings its own.
+    bert_vocabulary: Optional[str] = None
     region_feature_size: int = 2048  # F
     num_regions: int = 36  # N
     max_entities: int = 13  # E

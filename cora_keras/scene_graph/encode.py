@@ -22,10 +22,14 @@ section 3, every probability taken from `AugmentConfig`:
 4. Relations: each dropped with p `relation_drop`, the rest shuffled, the
    first K kept. An empty predicate (no word) becomes "and" or "with"
    (even odds); at evaluation it is "and".
-5. Words of names, attributes and predicates (after truncation to T - 2):
-   each replaced by `[MASK]` with p `token_mask`, else deleted with p
-   `token_delete`. If that leaves no word or only `[MASK]`, the phrase is
-   fed unchanged.
+5. Words of names, attributes and predicates (after truncation to what
+   fits into T - 2 tokens): each replaced by `[MASK]` with p
+   `token_mask`, else deleted with p `token_delete`. If that leaves no
+   word or only `[MASK]`, the phrase is fed unchanged.
+
+Token ids are those of `model.text_encoder` (`phrase_tokens.py`): the
+scene-graph vocabulary's word ids, or for "bert" the BERT WordPiece ids
+(a masked word is `[MASK]` per piece). Sampling always acts on words.
 
 Without an rng (evaluation) nothing is sampled: the first E entities,
 their first A attributes, the relations between kept entities in order
@@ -49,7 +53,13 @@ import numpy as np
 from cora_keras.config import AugmentConfig, ModelConfig
 from cora_keras.inputs import caption_specs, target_specs
 from cora_keras.scene_graph.schema import SceneGraph, SceneGraphError
-from cora_keras.scene_graph.vocabulary import EMPTY_PREDICATE_WORDS, Vocabulary, tokenize
+from cora_keras.scene_graph.phrase_tokens import (
+    PHRASE_CACHE_SIZE,
+    PhraseTokens,
+    Unit,
+    phrase_tokens,
+)
+from cora_keras.scene_graph.vocabulary import Vocabulary
 
 ENCODED_KEYS = (
     "entity_tokens",
@@ -72,10 +82,9 @@ _AUGMENT_FIELDS = (
     "token_delete",
     "relation_drop",
 )
-_PHRASE_CACHE_SIZE = 1 << 18
 
 
-@functools.lru_cache(maxsize=_PHRASE_CACHE_SIZE)
+@functools.lru_cache(maxsize=PHRASE_CACHE_SIZE)
 def phrase_id(text: str) -> int:
     """Positive 31-bit id of a phrase, stable across processes and runs.
 
@@ -105,9 +114,12 @@ class GraphEncoder:
     """Encodes SceneGraphs into the caption arrays and targets of the model.
 
     Args:
-        vocabulary: word ids and the singular/plural and adverb lists.
+        vocabulary: the scene-graph vocabulary: word ids (GRU, bag of
+            words) and the singular/plural and adverb lists.
         model_config: `ModelConfig` (E = max_entities, A = max_attributes,
-            K = max_caption_relations, T = max_phrase_tokens).
+            K = max_caption_relations, T = max_phrase_tokens; the
+            tokeniser of `text_encoder`, with `bert_preset` or
+            `bert_vocabulary` for "bert").
         augment_config: `AugmentConfig`, the sampling probabilities.
 
     Example:
@@ -143,14 +155,7 @@ class GraphEncoder:
                 f"{augment_config.token_mask + augment_config.token_delete}: must be <= 1"
             )
         self.augment = augment_config
-        v = vocabulary
-        self._singular_of = {
-            v.word2idx[p]: v.word2idx[s] for p, s in v.plural_to_singular.items()
-        }
-        self._plural_of = {v.word2idx[s]: v.word2idx[p] for s, p in v.singular_to_plural.items()}
-        self._adverb_ids = frozenset(v.word2idx[w] for w in v.adverbs)
-        self._fillers = tuple(tuple(v.word_ids([w])) for w in EMPTY_PREDICATE_WORDS)
-        self._phrase_cache: dict[str, tuple[int, ...]] = {}
+        self.tokens: PhraseTokens = phrase_tokens(vocabulary, model_config)
 
     # -------------------------------------------------------------- api
 
@@ -182,53 +187,39 @@ class GraphEncoder:
 
     # ---------------------------------------------------------- phrases
 
-    def _words(self, text: str) -> tuple[int, ...]:
-        """Word ids of a phrase (no [CLS]/[SEP], untruncated), cached."""
-        ids = self._phrase_cache.get(text)
-        if ids is None:
-            if len(self._phrase_cache) >= _PHRASE_CACHE_SIZE:
-                self._phrase_cache.clear()
-            ids = tuple(self.vocabulary.word_ids(tokenize(text)))
-            self._phrase_cache[text] = ids
-        return ids
-
-    def _write(self, row: np.ndarray, ids: Sequence[int]) -> None:
-        """`[CLS] ids [SEP]` into a zero row of length T."""
-        row[: len(ids) + 2] = (self.vocabulary.cls_id, *ids, self.vocabulary.sep_id)
-
-    def _perturb(self, ids: Sequence[int], draw: _Uniforms) -> Sequence[int]:
+    def _perturb(self, ids: Sequence[Unit], draw: _Uniforms) -> Sequence[Unit]:
         """Mask or delete each word; unchanged if none would stay unmasked."""
         mask_p = self.augment.token_mask
         gone_p = mask_p + self.augment.token_delete
-        mask_id = self.vocabulary.mask_id
+        masked = self.tokens.masked
         out = []
         unmasked = False
         for word in ids:
             u = draw()
             if u < mask_p:
-                out.append(mask_id)
+                out.append(masked(word))
             elif u >= gone_p:
                 out.append(word)
                 unmasked = True
         return out if unmasked else ids
 
-    def _vary_number(self, ids: tuple[int, ...], draw: _Uniforms) -> tuple[int, ...]:
+    def _vary_number(self, ids: tuple[Unit, ...], draw: _Uniforms) -> tuple[Unit, ...]:
         """Singularise, else pluralise, the last word of a name."""
         u = draw()
         singular_p = self.augment.singularize
         if not ids:
             return ids
         if u < singular_p:
-            table = self._singular_of
+            table = self.tokens.singular_of
         elif u < singular_p + (1.0 - singular_p) * self.augment.pluralize:
-            table = self._plural_of
+            table = self.tokens.plural_of
         else:
             return ids
         return (*ids[:-1], table.get(ids[-1], ids[-1]))
 
-    def _drop_adverbs(self, ids: tuple[int, ...], draw: _Uniforms) -> Sequence[int]:
+    def _drop_adverbs(self, ids: tuple[Unit, ...], draw: _Uniforms) -> Sequence[Unit]:
         """Drop each adverb with p adverb_drop, unless the phrase is all adverbs."""
-        adverbs = self._adverb_ids
+        adverbs = self.tokens.adverbs
         if all(word in adverbs for word in ids):
             return ids
         p = self.augment.adverb_drop
@@ -244,7 +235,8 @@ class GraphEncoder:
         row: int,
     ) -> None:
         E, A, K = self.max_entities, self.max_attributes, self.max_relations
-        words = self.max_tokens - 2
+        tokens = self.tokens
+        fit = tokens.fit
         aug = self.augment
         entities = graph.entities
         n = len(entities)
@@ -264,26 +256,26 @@ class GraphEncoder:
         for slot, index in enumerate(kept):
             entity = entities[index]
             attributes = entity.attributes
-            name = self._words(entity.name)
+            name = tokens.words(entity.name)
             if draw is None:
                 fed = attributes[:A]
-                name = name[:words]
+                name = fit(name)
             else:
                 fed = [a for a in attributes if draw() >= aug.attribute_drop]
                 if len(fed) > A:
                     keys = [draw() for _ in fed]
                     chosen = sorted(sorted(range(len(fed)), key=keys.__getitem__)[:A])
                     fed = [fed[i] for i in chosen]
-                name = self._perturb(self._vary_number(name, draw)[:words], draw)
-            self._write(entity_tokens[slot], name)
+                name = self._perturb(fit(self._vary_number(name, draw)), draw)
+            tokens.write(entity_tokens[slot], name)
             name_ids[slot] = phrase_id(entity.name)
             for j, attribute in enumerate(fed):
-                ids = self._words(attribute)
+                ids = tokens.words(attribute)
                 if draw is None:
-                    ids = ids[:words]
+                    ids = fit(ids)
                 else:
-                    ids = self._perturb(self._drop_adverbs(ids, draw)[:words], draw)
-                self._write(attribute_tokens[slot, j], ids)
+                    ids = self._perturb(fit(self._drop_adverbs(ids, draw)), draw)
+                tokens.write(attribute_tokens[slot, j], ids)
                 attribute_ids[slot, j] = phrase_id(attribute)
 
         slot_of = {index: slot for slot, index in enumerate(kept)}
@@ -298,14 +290,14 @@ class GraphEncoder:
             relations = [relations[i] for i in sorted(range(len(relations)), key=keys.__getitem__)]
         relation_tokens = arrays["relation_tokens"][row]
         for k, (subject, obj, predicate) in enumerate(relations[:K]):
-            ids = self._words(predicate)
+            ids = tokens.words(predicate)
             if draw is None:
-                ids = (ids or self._fillers[0])[:words]
+                ids = fit(ids or tokens.fillers[0])
             else:
                 if not ids:
-                    ids = self._fillers[0] if draw() < 0.5 else self._fillers[1]
-                ids = self._perturb(ids[:words], draw)
-            self._write(relation_tokens[k], ids)
+                    ids = tokens.fillers[0] if draw() < 0.5 else tokens.fillers[1]
+                ids = self._perturb(fit(ids), draw)
+            tokens.write(relation_tokens[k], ids)
             arrays["relation_subject"][row, k] = subject
             arrays["relation_object"][row, k] = obj
 
