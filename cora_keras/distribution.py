@@ -88,6 +88,19 @@ class TrainingEngine:
             return len(self.distribution.device_mesh.devices.flatten())
         return 1
 
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes the run directory: JAX process 0;
+        on TensorFlow the cluster's chief task, else worker 0; a process
+        outside a cluster."""
+        if self.strategy is not None:
+            return _is_tf_chief(getattr(self.strategy, "cluster_resolver", None))
+        if self.distribution is not None:
+            import jax
+
+            return jax.process_index() == 0
+        return True
+
     def scope(self) -> ContextManager:
         """The context to build the model and optimizer and to train in."""
         if self.strategy is not None:
@@ -144,6 +157,16 @@ def replica_input_shard(context: Any) -> Any:
     local = context.num_replicas_in_sync // context.num_input_pipelines
     first = context.input_pipeline_id * local
     return InputShard(context.num_replicas_in_sync, tuple(range(first, first + local)))
+
+
+def _is_tf_chief(resolver: Any) -> bool:
+    """The chief of a tf.distribute cluster: task "chief", else worker 0."""
+    tasks = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not tasks or resolver.task_type is None:
+        return True
+    if "chief" in tasks:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
 
 
 def training_engine(name: str) -> TrainingEngine:
