@@ -210,11 +210,20 @@ def test_resume_without_a_run_is_refused(tmp_path):
 # ------------------------------------------------------------------ configs
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_shipped_configs_load_with_the_paper_objective(name):
+@pytest.mark.parametrize("name", CONFIGS[1:])
+def test_paper_configs_load_with_the_paper_objective(name):
     config = load_config(f"configs/{name}.yaml")
     assert (config.loss.temperature, config.loss.triplet_weight, config.loss.specificity_weight) == (0.01, 4.0, 11.0)
+    assert config.loss.triplet_warmup_epochs == 0
     assert config.data.dataset == name.split("_")[0]
+
+
+def test_demo_config_trains_on_the_contrastive_term_without_dropout():
+    config = load_config("configs/demo.yaml")
+    loss, model = config.loss, config.model
+    assert (loss.temperature, loss.triplet_weight, loss.specificity_weight) == (0.07, 0.0, 0.0)
+    assert (model.region_dropout, model.word_dropout, model.composer_dropout) == (0.0, 0.0, 0.0)
+    assert config.data.dataset == "demo"
 
 
 def test_paper_configs_carry_the_recipe_of_their_encoder():
