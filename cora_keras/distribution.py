@@ -31,6 +31,13 @@ replicas all three are the identity, so the model code stays backend-free.
 Input: every engine cuts each global batch into contiguous parts
 (`pipeline.InputShard`); each input pipeline (a JAX process, a TensorFlow
 worker) builds only its own parts, reading only their images.
+
+Several processes (JAX processes, TensorFlow workers) run the same
+program; only the chief (`TrainingEngine.is_chief`) writes files. A step
+every process must take together (a collective) must never run in the
+chief alone: the chief saves weights `without_distribution()` on JAX, and
+on TensorFlow `fit` runs outside the strategy's scope
+(`TrainingEngine.fit_scope`).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import keras
 
@@ -60,8 +67,9 @@ MULTI_HOST_VARIABLES = (
 class TrainingEngine:
     """A data-parallel engine: where to build the model and how to feed it.
 
-    Build the model and the optimizer and call `fit` inside `scope()`;
-    give `fit` the dataset of `distribute`.
+    Build the model and the optimizer inside `scope()`, call
+    `prepare_fit(model)`, then `fit` inside `fit_scope()` on the dataset of
+    `distribute`.
 
     Args:
         name: the `train.distribution` value.
@@ -102,12 +110,47 @@ class TrainingEngine:
         return True
 
     def scope(self) -> ContextManager:
-        """The context to build the model and optimizer and to train in."""
+        """The context to build the model and optimizer in."""
         if self.strategy is not None:
             return self.strategy.scope()
         if self.distribution is not None:
             return self.distribution.scope()
         return contextlib.nullcontext()
+
+    def fit_scope(self) -> ContextManager:
+        """The context to call `fit` in: the distribution's scope on JAX,
+        which the train step and its input need; none on TensorFlow, where
+        the model keeps its strategy and the callbacks then run outside it,
+        so a process writing files alone creates no strategy variables
+        (creating one is a step of every worker)."""
+        if self.distribution is not None:
+            return self.distribution.scope()
+        return contextlib.nullcontext()
+
+    def prepare_fit(self, model: keras.Model) -> None:
+        """Let `fit` run on MultiWorkerMirroredStrategy (TensorFlow-only path).
+
+        Keras' `fit` reduces over the replicas in two ways that strategy
+        cannot (keras-team/keras#20329, #20585):
+        - it first reduces one batch to build the model, and that is a dict
+          of tensors. `model` is built and compiled, so the batch is not
+          needed: the rest (the optimizer) is built without it;
+        - it averages each step's logs over the replicas with an axis-0
+          reduction, which fails on scalars: the logs leave the train step
+          as vectors of one value (their average is the same scalar).
+        """
+        if self.name != "multi_worker_mirrored":
+            return
+        train_step = model.train_step
+        model.train_step = lambda data: {
+            name: keras.ops.reshape(value, (1,)) for name, value in train_step(data).items()
+        }
+
+        def build_without_a_batch(iterator=None, data_batch=None):
+            with self.strategy.scope():
+                model._symbolic_build()
+
+        model._maybe_symbolic_build = build_without_a_batch
 
     def check_batch_sizes(self, train: Any) -> None:
         """Raise ConfigError unless the batches of a `TrainConfig` split
@@ -146,6 +189,23 @@ class TrainingEngine:
             shard = InputShard(jax.process_count(), (jax.process_index(),), per_part_budgets=False)
             return make_dataset(shard, False)
         return make_dataset(InputShard(), False)
+
+
+@contextlib.contextmanager
+def without_distribution() -> Iterator[None]:
+    """Runs the block outside the current keras.distribution (JAX).
+
+    For a process writing files alone (the chief): saving weights creates
+    throw-away Keras variables, and under a distribution over several
+    processes creating a variable is a step of every process, so a process
+    doing it alone would wait for the others forever.
+    """
+    current = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(current)
 
 
 def replica_input_shard(context: Any) -> Any:
@@ -242,6 +302,7 @@ def gather_replicas(structure: Any) -> Any:
     import tensorflow as tf
 
     def gather(tensor):
+        tensor = _placed(context, tensor)
         if tensor.dtype == tf.bool:
             gathered = tf.cast(context.all_gather(tf.cast(tensor, tf.int32), axis=0), tf.bool)
         else:
@@ -261,7 +322,24 @@ def replica_sum(tensor: Any) -> Any:
         return tensor
     import tensorflow as tf
 
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, _placed(context, tensor))
+
+
+def _placed(context: Any, tensor: Any) -> Any:
+    """`tensor` on the worker's device when the worker has one device.
+
+    There MultiWorkerMirroredStrategy hands a replica's collective the
+    plain tensor and takes the tensor's device as the destination; inside
+    Keras' train function that is empty, and the collective fails
+    ("destinations can not be empty").
+    """
+    import tensorflow as tf
+
+    devices = context.strategy.extended.worker_devices
+    if tensor.device or len(devices) != 1:
+        return tensor
+    with tf.device(devices[0]):
+        return tf.identity(tensor)
 
 
 def replica_share(loss: Any) -> Any:

@@ -53,7 +53,7 @@ from keras import ops
 from cora_keras.config import Config, ConfigError, TrainConfig, load_config, save_config
 from cora_keras.data.datasets import Split, load_split
 from cora_keras.data.pipeline import TrainingBatches, training_dataset
-from cora_keras.distribution import training_engine
+from cora_keras.distribution import training_engine, without_distribution
 from cora_keras.evaluation import (
     SplitEmbedder,
     backend_jit_compile,
@@ -379,12 +379,13 @@ class RunCheckpoints(keras.callbacks.Callback):
                 f"RunCheckpoints: the epoch logs have no {self.monitor!r} (logs: "
                 f"{', '.join(logs)}); put RetrievalEvaluation before RunCheckpoints"
             )
-        save_weights_atomically(self.model, self.run_dir / LAST_WEIGHTS_FILE)
-        value = float(logs[self.monitor])
-        if value > self.best:
-            self.best = value
-            save_weights_atomically(self.model, self.run_dir / BEST_WEIGHTS_FILE)
-            write_json_atomically(self.run_dir / BEST_RECORD, {"epoch": epoch, self.monitor: value})
+        with without_distribution():
+            save_weights_atomically(self.model, self.run_dir / LAST_WEIGHTS_FILE)
+            value = float(logs[self.monitor])
+            if value > self.best:
+                self.best = value
+                save_weights_atomically(self.model, self.run_dir / BEST_WEIGHTS_FILE)
+                write_json_atomically(self.run_dir / BEST_RECORD, {"epoch": epoch, self.monitor: value})
 
 
 class HistoryFile(keras.callbacks.Callback):
@@ -413,19 +414,21 @@ def _current_learning_rate(model: keras.Model) -> float:
     return float(ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-class RestoreBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that restores the backup in `backup_dir` when
-    training starts and never writes: a process of a cluster other than
-    the chief, which resumes from the chief's backup."""
+class RunBackup(keras.callbacks.BackupAndRestore):
+    """Keras BackupAndRestore of a run, kept after training: restores the
+    backup in `backup_dir` when training starts; saves it after every epoch
+    when `writes` (a process of a cluster other than the chief saves
+    nothing and resumes from the chief's backup).
+    """
 
-    def __init__(self, backup_dir: str | os.PathLike) -> None:
+    def __init__(self, backup_dir: str | os.PathLike, writes: bool = True) -> None:
         super().__init__(os.fspath(backup_dir), delete_checkpoint=False)
+        self.writes = writes
 
     def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
-        pass
-
-    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        pass
+        if self.writes:
+            with without_distribution():
+                super().on_epoch_end(epoch, logs)
 
 
 def training_callbacks(
@@ -441,7 +444,7 @@ def training_callbacks(
     The order matters: checkpoints and logs read what the evaluation adds,
     and the backup (what `--resume` restarts from) is written last. A
     process of a cluster that is not the `chief` writes nothing: it gets
-    the same evaluation, without the picture, and `RestoreBackup`.
+    the same evaluation, without the picture, and restores the backup.
     """
     run_dir = Path(run_dir)
     logs = run_dir / LOG_DIR
@@ -451,10 +454,10 @@ def training_callbacks(
             RunCheckpoints(run_dir),
             HistoryFile(run_dir / HISTORY_FILE),
             keras.callbacks.TensorBoard(log_dir=os.fspath(logs), write_graph=False),
-            keras.callbacks.BackupAndRestore(os.fspath(run_dir / BACKUP_DIR), delete_checkpoint=False),
+            RunBackup(run_dir / BACKUP_DIR),
         ]
     else:
-        writers = [RestoreBackup(run_dir / BACKUP_DIR)]
+        writers = [RunBackup(run_dir / BACKUP_DIR, writes=False)]
     return [
         TripletWarmup(config.loss.triplet_warmup_epochs),
         RetrievalEvaluation(
@@ -627,12 +630,14 @@ def train(
         model = CoraModel(config.model, config.loss)
         model.build()
         compile_model(model, config.train, steps_per_epoch)
-        dataset = engine.distribute(
-            lambda shard, endless: training_dataset(
-                train_split, encoder, config, config.train.seed,
-                first_epoch=first_epoch, shard=shard, endless=endless,
-            )
+    engine.prepare_fit(model)
+    dataset = engine.distribute(
+        lambda shard, endless: training_dataset(
+            train_split, encoder, config, config.train.seed,
+            first_epoch=first_epoch, shard=shard, endless=endless,
         )
+    )
+    with engine.fit_scope():
         return model.fit(
             dataset,
             epochs=config.train.epochs,
