@@ -13,10 +13,13 @@ Embeddings are L2-normalised (similarity = dot product), computed in
 inference mode. Plain TensorFlow loads it, without cora_keras:
 
     >>> towers = tf.saved_model.load(out_dir)
+    >>> config, vocab = export_assets(out_dir)  # needs cora_keras
     >>> towers.encode_text(captions_to_tensors(["A red cube."], vocab, config.model))
 
-`export_run` also copies the run's `config.yaml` and `vocab.json` into
-`assets.extra/`, which is what `captions_to_tensors` needs.
+`export_run` also copies the run's `config.yaml` and `vocab.json` (and a
+BERT run's `bert_vocabulary.txt` and `bert_backbone.json`) into
+`assets.extra/`, which is what `captions_to_tensors` needs: an export
+works without the BERT preset directory the run was trained from.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from cora_keras.config import AugmentConfig, ModelConfig
+from cora_keras.config import AugmentConfig, Config, ModelConfig
 from cora_keras.inputs import CAPTION_INPUTS, caption_specs, image_specs
+from cora_keras.run import BERT_FILES, CONFIG_FILE, VOCAB_FILE, load_run, load_run_config
 from cora_keras.scene_graph.encode import GraphEncoder
 from cora_keras.scene_graph.parser import SceneGraphParser
 from cora_keras.scene_graph.vocabulary import Vocabulary
@@ -58,7 +62,9 @@ def captions_to_tensors(
     Args:
         captions: the caption strings (non-empty).
         vocabulary: the run's vocabulary (`vocab.json`).
-        model_config: the run's `config.model` (shapes E, A, K, T).
+        model_config: the run's `config.model` (shapes E, A, K, T; the
+            WordPiece vocabulary of BERT), as `load_run_config` or
+            `export_assets` read it.
         parser: a loaded `SceneGraphParser` to reuse (loads spaCy if None).
 
     Returns:
@@ -125,16 +131,23 @@ def _input_signature(specs: dict[str, tuple[tuple[int, ...], str]]) -> list[dict
 
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Export a run's model (best weights, else last) with its config and
-    vocabulary in `assets.extra/`; selects the TensorFlow backend when Keras
-    is not imported yet."""
+    """Export a run's model (best weights, else last) with its config,
+    vocabulary and BERT files in `assets.extra/`; selects the TensorFlow
+    backend when Keras is not imported yet."""
     require_tensorflow_backend()
-    from cora_keras.run import CONFIG_FILE, VOCAB_FILE, load_run
-
+    run_dir = Path(run_dir)
     _, model, _ = load_run(run_dir)
     out_dir = export_saved_model(model, out_dir)
     extra = out_dir / EXTRA_ASSETS_DIR
     extra.mkdir(exist_ok=True)
-    for name in (CONFIG_FILE, VOCAB_FILE):
-        shutil.copyfile(Path(run_dir) / name, extra / name)
+    bert_files = [name for name in BERT_FILES if (run_dir / name).is_file()]
+    for name in (CONFIG_FILE, VOCAB_FILE, *bert_files):
+        shutil.copyfile(run_dir / name, extra / name)
     return out_dir
+
+
+def export_assets(export_dir: str | os.PathLike) -> tuple[Config, Vocabulary]:
+    """The config (`load_run_config` of `assets.extra/`: a BERT text side
+    reads the export's own copies) and vocabulary an export carries."""
+    extra = Path(export_dir) / EXTRA_ASSETS_DIR
+    return load_run_config(extra), Vocabulary.load(extra / VOCAB_FILE)

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from cora_keras.config import Config, ModelConfig, load_config
+from cora_keras.config import Config, ModelConfig
 from cora_keras.data.datasets import CAPTIONS_PER_IMAGE, Split, captions_file, file_sha256, load_split
 from cora_keras.inputs import CAPTION_INPUTS, phrase_budgets
 from cora_keras.retrieval import similarities, top_k
-from cora_keras.run import CONFIG_FILE, VOCAB_FILE, weights_path
+from cora_keras.run import CONFIG_FILE, VOCAB_FILE, load_run_config, weights_path
 from cora_keras.scene_graph.parser import SceneGraphParser
 from cora_keras.scene_graph.encode import GraphEncoder
 from cora_keras.scene_graph.schema import Entity, SceneGraph
@@ -286,7 +286,7 @@ class SplitSearch:
         batch_size: int | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.config = load_config(self.run_dir / CONFIG_FILE)
+        self.config = load_run_config(self.run_dir)
         self.vocabulary = Vocabulary.load(self.run_dir / VOCAB_FILE)
         self.split = load_split(data_dir, split, self.config, vocabulary=self.vocabulary)
         self._model: CoraModel | None = None

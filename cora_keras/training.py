@@ -20,6 +20,9 @@ run directory holds:
 
     config.yaml        the resolved config (vocab_size from the dataset)
     vocab.json         a copy of the dataset's vocabulary
+    bert_vocabulary.txt, bert_backbone.json
+                       BERT runs: the WordPiece vocabulary and the backbone
+                       kwargs (see `cora_keras.run`)
     best.weights.h5    weights of the epoch with the best dev RSUM
     best.json          that epoch and its RSUM (kept across resumes)
     last.weights.h5    weights after the latest epoch
@@ -50,7 +53,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from cora_keras.config import Config, ConfigError, TrainConfig, load_config, save_config
+from cora_keras.config import (
+    Config,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    load_config,
+    save_config,
+)
 from cora_keras.data.datasets import Split, load_split
 from cora_keras.data.pipeline import TrainingBatches, training_dataset
 from cora_keras.distribution import training_engine, without_distribution
@@ -61,8 +71,17 @@ from cora_keras.evaluation import (
     similarity_picture,
 )
 from cora_keras.model import CoraModel
-from cora_keras.run import BEST_WEIGHTS_FILE, CONFIG_FILE, LAST_WEIGHTS_FILE, VOCAB_FILE
+from cora_keras.layers.phrase_encoder import preset_backbone_kwargs
+from cora_keras.run import (
+    BERT_BACKBONE_FILE,
+    BERT_VOCABULARY_FILE,
+    BEST_WEIGHTS_FILE,
+    CONFIG_FILE,
+    LAST_WEIGHTS_FILE,
+    VOCAB_FILE,
+)
 from cora_keras.scene_graph.encode import GraphEncoder
+from cora_keras.scene_graph import wordpiece
 from cora_keras.scene_graph.vocabulary import Vocabulary
 
 DEV_SPLIT = "dev"
@@ -543,13 +562,28 @@ def run_config(
 def prepare_run_dir(
     run_dir: str | os.PathLike, config: Config, vocabulary: Vocabulary, resume: bool
 ) -> None:
-    """`check_run_dir`, then create the run directory and write config.yaml
-    and vocab.json."""
+    """`check_run_dir`, then create the run directory and write config.yaml,
+    vocab.json and, for BERT, the text side (`write_bert_files`)."""
     check_run_dir(run_dir, config, vocabulary, resume)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _save_config_atomically(config, run_dir / CONFIG_FILE)
     vocabulary.save(run_dir / VOCAB_FILE)
+    if config.model.text_encoder == "bert":
+        write_bert_files(run_dir, config.model)
+
+
+def write_bert_files(run_dir: str | os.PathLike, model: ModelConfig) -> None:
+    """bert_vocabulary.txt and bert_backbone.json of a BERT run: its WordPiece
+    vocabulary and the kwargs of its backbone (of `model.bert_preset` when
+    set), so evaluation, search and export need no preset directory."""
+    run_dir = Path(run_dir)
+    wordpiece.for_model(model).save(run_dir / BERT_VOCABULARY_FILE)
+    if model.bert_preset is not None:
+        backbone = preset_backbone_kwargs(model.bert_preset)
+    else:
+        backbone = model.bert_backbone
+    write_json_atomically(run_dir / BERT_BACKBONE_FILE, backbone)
 
 
 def check_run_dir(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import keras
 from keras import ops
@@ -10,6 +12,7 @@ from keras import ops
 from cora_keras.layers.gru import LengthMaskedGRU
 
 PHRASE_KINDS = ("object", "attribute", "predicate")
+PRESET_CONFIG_FILE = "config.json"  # a keras_hub preset's serialized backbone
 
 
 @keras.saving.register_keras_serializable(package="cora_keras")
@@ -122,3 +125,26 @@ def _make_bert(preset: str | None, backbone_kwargs: dict | None):
     if not backbone_kwargs:
         raise ValueError("text_encoder 'bert' needs model.bert_preset or model.bert_backbone")
     return keras_hub.models.BertBackbone(**backbone_kwargs, name="bert")
+
+
+def preset_backbone_kwargs(preset: str | os.PathLike) -> dict:
+    """BertBackbone kwargs of a local keras_hub preset's architecture (its
+    `config.json`): `BertBackbone(**kwargs)` is the preset's BERT without
+    its weights. The dtype policy becomes its name."""
+    path = Path(preset) / PRESET_CONFIG_FILE
+    with open(path, encoding="utf-8") as f:
+        serialized = json.load(f)
+    if serialized.get("class_name") != "BertBackbone":
+        raise ValueError(
+            f"{path}: a {serialized.get('class_name')!r}, not a BertBackbone preset"
+        )
+    kwargs = {k: v for k, v in serialized["config"].items() if k not in ("name", "trainable")}
+    dtype = kwargs.get("dtype")
+    if isinstance(dtype, dict):
+        if dtype.get("class_name") != "DTypePolicy":
+            raise ValueError(
+                f"{path}: dtype {dtype.get('class_name')!r}; only a plain DTypePolicy "
+                "is supported"
+            )
+        kwargs["dtype"] = dtype["config"]["name"]
+    return kwargs

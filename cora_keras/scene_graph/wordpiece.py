@@ -77,6 +77,10 @@ class WordPieceVocabulary:
             tokens.pop()
         return cls(tokens, where=os.fspath(path))
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the vocabulary file `load` reads back: one token per line."""
+        Path(path).write_text("".join(token + "\n" for token in self.tokens), encoding="utf-8")
+
     @classmethod
     def from_preset(cls, preset: str | os.PathLike) -> "WordPieceVocabulary":
         """The vocabulary of a local keras_hub BERT preset directory."""
