@@ -22,9 +22,7 @@ step's seconds, then the median after one warm-up step as `samples/s: X`.
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
 from typing import Mapping
 
 import numpy as np
@@ -32,8 +30,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from benchmarks.synthetic_steps import median_step_seconds, step_arguments, synthetic_batches
 from cora_keras.config import LossConfig, ModelConfig, load_config
-from cora_keras.synthetic import synthetic_batch
 
 POSITION_DIM = 16
 GPO_DIM = 32
@@ -387,34 +385,26 @@ def release_objective(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/f30k_gru.yaml")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
-    args = parser.parse_args()
-
+    args = step_arguments(__doc__.splitlines()[0]).parse_args()
     config = load_config(args.config, args.set)
-    rng = np.random.default_rng(0)  # the same batches as benchmarks/train_step.py
-    batches = [synthetic_batch(config.model, args.batch_size, rng) for _ in range(min(args.steps + 1, 4))]
-    batches = [(padded_inputs(x, config.model.max_relations), padded_targets(y)) for x, y in batches]
+    batches = [
+        (padded_inputs(x, config.model.max_relations), padded_targets(y))
+        for x, y in synthetic_batches(config.model, args.batch_size, args.steps)
+    ]
     torch.manual_seed(0)
     model = ReleaseCora(config.model).train()
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.train.learning_rate, weight_decay=config.train.weight_decay
     )
-    times = []
-    for step in range(args.steps + 1):
-        x, y = batches[step % len(batches)]
-        start = time.perf_counter()
+
+    def step(x, y) -> float:
         loss = release_objective(model(x), y, config.loss)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        value = loss.item()
-        times.append(time.perf_counter() - start)
-        print(f"step {step}: {times[-1]:.3f} s  loss {value:.3f}", flush=True)
-    median = float(np.median(times[1:]))
+        return loss.item()
+
+    median = median_step_seconds(step, batches, args.steps)
     params = sum(p.numel() for p in model.parameters())
     print(f"backend: torch {torch.__version__} eager, padded (release style)  threads: "
           f"{torch.get_num_threads()}  batch: {args.batch_size}  params: {params:,}  "

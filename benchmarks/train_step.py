@@ -10,15 +10,11 @@ the median seconds per step after one warm-up step, then `samples/s: X`.
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import keras
-import numpy as np
 
+from benchmarks.synthetic_steps import median_step_seconds, step_arguments, synthetic_batches
 from cora_keras.config import load_config
 from cora_keras.model import CoraModel
-from cora_keras.synthetic import synthetic_batch
 
 # Budgets that fit the synthetic statistics (4 entities, 4 attributes, 2.5
 # relations per caption on average).
@@ -26,17 +22,12 @@ FITTED_BUDGETS = ["model.entity_budget=5", "model.attribute_budget=5", "model.re
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/f30k_gru.yaml")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
+    parser = step_arguments(__doc__.splitlines()[0])
     parser.add_argument("--no-jit", action="store_true", help="compile without XLA")
     args = parser.parse_args()
 
     config = load_config(args.config, FITTED_BUDGETS + args.set)  # --set wins
-    rng = np.random.default_rng(0)
-    batches = [synthetic_batch(config.model, args.batch_size, rng) for _ in range(min(args.steps + 1, 4))]
+    batches = synthetic_batches(config.model, args.batch_size, args.steps)
     model = CoraModel(config.model, config.loss)
     model.build()
     model.compile(
@@ -45,15 +36,11 @@ def main() -> None:
         # compile the GRU scan's TensorArray; torch runs eagerly.
         jit_compile=not args.no_jit and keras.backend.backend() == "jax",
     )
-    times = []
-    for step in range(args.steps + 1):
-        x, y = batches[step % len(batches)]
-        start = time.perf_counter()
-        logs = model.train_on_batch(x, y, return_dict=True)
-        float(logs["loss"])
-        times.append(time.perf_counter() - start)
-        print(f"step {step}: {times[-1]:.3f} s  loss {float(logs['loss']):.3f}", flush=True)
-    median = float(np.median(times[1:]))
+    median = median_step_seconds(
+        lambda x, y: float(model.train_on_batch(x, y, return_dict=True)["loss"]),
+        batches,
+        args.steps,
+    )
     print(f"backend: {keras.backend.backend()}  batch: {args.batch_size}  "
           f"params: {model.count_params():,}  median step: {median:.3f} s")
     print(f"samples/s: {args.batch_size / median:.1f}")
