@@ -126,6 +126,11 @@ class TrainConfig:
     decay_factor: float = 0.1
     seed: int = 0
     steps_per_epoch: Optional[int] = None
+    # Captions of one image per batch: batch_size / k images, each encoded
+    # once for its k captions (k > 1 cuts the image tower's cost by k). An
+    # epoch still visits every caption (data/pipeline.py); 1 = the paper's
+    # independent caption sampling.
+    captions_per_image: int = 1
     eval_batch_size: int = 128
     run_eagerly: bool = False  # no graph compilation: debugging and tiny runs
     # Data-parallel engine (cora_keras/distribution.py); batch_size is the

@@ -156,6 +156,12 @@ class TrainingEngine:
         """Raise ConfigError unless the batches of a `TrainConfig` split
         evenly over the devices: the training batch on every engine, the
         evaluation batch where predict splits it too (JAX)."""
+        if train.captions_per_image > 1 and self.name != "none":
+            raise ConfigError(
+                f"train.captions_per_image = {train.captions_per_image} needs "
+                f"train.distribution = 'none' (got {self.name!r}): image-grouped "
+                "batches are not sharded over devices"
+            )
         keys = ["batch_size"] + (["eval_batch_size"] if self.distribution is not None else [])
         for key in keys:
             size = getattr(train, key)

@@ -22,6 +22,10 @@ Targets of the objective (the `y` of model.fit):
   graph_name_ids         (B, E)      int32  the caption's un-augmented graph
   graph_attribute_ids    (B, E, A)   int32  ... and its first A attributes
 Ids are positive (0 = none) and equal exactly when the strings are equal.
+
+Image-grouped batches (training input, `train.captions_per_image` = k > 1):
+the image inputs hold B / k images and
+  caption_image  (B,)  int32  the row of `regions` that caption b shows
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import math
 from typing import Any
 
 IMAGE_INPUTS = ("regions", "region_counts")
+CAPTION_IMAGE = "caption_image"
 CAPTION_INPUTS = (
     "entity_tokens",
     "attribute_tokens",

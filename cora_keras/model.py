@@ -8,7 +8,13 @@ from keras import ops
 
 from cora_keras import distribution, losses
 from cora_keras.config import LossConfig, ModelConfig
-from cora_keras.inputs import caption_specs, image_specs, phrase_budgets, region_budget
+from cora_keras.inputs import (
+    CAPTION_IMAGE,
+    caption_specs,
+    image_specs,
+    phrase_budgets,
+    region_budget,
+)
 from cora_keras.layers.entity_composer import EntityComposer
 from cora_keras.layers.packing import pack_slots, unpack
 from cora_keras.layers.phrase_encoder import PhraseEncoder
@@ -24,7 +30,9 @@ class CoraModel(keras.Model):
 
     `call(inputs)` takes the dict of `cora_keras.inputs` (image and caption
     tensors) and returns L2-normalised `image` (B, D), `caption` (B, D) and
-    `entities` (B, E, D) plus `entity_mask` (B, E). `encode_images` and
+    `entities` (B, E, D) plus `entity_mask` (B, E); with `caption_image`
+    among the inputs, the image inputs hold fewer images and `image` is
+    gathered per caption. `encode_images` and
     `encode_captions` run one tower. Training with `fit` takes `(x, y)`
     with `y` the targets of `cora_keras.inputs`; `compute_loss` is the
     three-term objective, each term tracked as its own metric.
@@ -156,7 +164,10 @@ class CoraModel(keras.Model):
 
     def call(self, inputs, training=None):
         outputs = self.encode_captions(inputs, training=training)
-        outputs["image"] = self.encode_images(inputs, training=training)
+        image = self.encode_images(inputs, training=training)
+        if CAPTION_IMAGE in inputs:  # image-grouped batch: each image once
+            image = ops.take(image, inputs[CAPTION_IMAGE], axis=0)
+        outputs["image"] = image
         return outputs
 
     # ------------------------------------------------------------- objective

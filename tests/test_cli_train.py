@@ -269,3 +269,17 @@ def test_evaluate_reads_the_authors_checkpoint(world, tmp_path, capsys):
     reference = reference_forward(state_dict, inputs, num_heads=16, max_relations=config.model.max_relations)
     np.testing.assert_allclose(images, reference["image"], atol=1e-4)
     np.testing.assert_allclose(captions, reference["caption"], atol=1e-4)
+
+
+def test_image_grouped_training_runs_whole_epochs_of_groups(world, tmp_path):
+    # 40 scenes, 5 captions each in one group: 200 captions, 10 steps of 20
+    # captions (4 images) per epoch.
+    config = config_from_dict({**TINY, "train": {**TINY["train"], "captions_per_image": 5}})
+    config.train.run_eagerly = keras.backend.backend() == "tensorflow"
+    config.train.epochs = 1
+    history = train(config, world, tmp_path / "grouped", verbose=0)
+    assert run_config(None, tmp_path / "grouped", resume=True).train.steps_per_epoch is None
+    assert int(keras.ops.convert_to_numpy(history.model.optimizer.iterations)) == 10
+    for name in LOSS_TERMS:
+        assert np.isfinite(history.history[name][0]), name
+    assert 0.0 <= history.history["val_rsum"][0] <= 600.0

@@ -83,10 +83,14 @@ def test_engine_of_another_backend_is_refused_with_the_backend_it_needs(name):
 
 def test_batch_sizes_must_split_over_the_devices():
     four = TrainingEngine("mirrored", strategy=SimpleNamespace(num_replicas_in_sync=4))
-    four.check_batch_sizes(SimpleNamespace(batch_size=128, eval_batch_size=6))
+    four.check_batch_sizes(SimpleNamespace(batch_size=128, eval_batch_size=6, captions_per_image=1))
     with pytest.raises(ConfigError, match=r"train.batch_size = 126 does not split over the 4 devices"):
-        four.check_batch_sizes(SimpleNamespace(batch_size=126, eval_batch_size=8))
-    training_engine("none").check_batch_sizes(SimpleNamespace(batch_size=7, eval_batch_size=3))
+        four.check_batch_sizes(SimpleNamespace(batch_size=126, eval_batch_size=8, captions_per_image=1))
+    with pytest.raises(ConfigError, match=r"train.captions_per_image = 4 needs train.distribution = 'none'"):
+        four.check_batch_sizes(SimpleNamespace(batch_size=128, eval_batch_size=8, captions_per_image=4))
+    training_engine("none").check_batch_sizes(
+        SimpleNamespace(batch_size=8, eval_batch_size=3, captions_per_image=4)
+    )
 
 
 def test_cpu_split_only_for_backends_with_an_engine():

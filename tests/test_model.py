@@ -125,6 +125,17 @@ def test_padding_slot_contents_change_nothing(model: CoraModel, batch: dict) -> 
         np.testing.assert_allclose(noisy[name], clean[name], atol=1e-5, err_msg=name)
 
 
+def test_image_grouped_batch_encodes_each_image_once(model: CoraModel, batch: dict) -> None:
+    # Captions 2i and 2i+1 show image i: 4 images for 8 captions.
+    show = np.repeat(np.arange(BATCH // 2, dtype=np.int32), 2)
+    grouped = {**batch, "regions": batch["regions"][::2], "region_counts": batch["region_counts"][::2]}
+    repeated = {**batch, "regions": batch["regions"][::2][show], "region_counts": batch["region_counts"][::2][show]}
+    outputs = _outputs(model, {**grouped, "caption_image": show})
+    expected = _outputs(model, repeated)
+    for name in ("image", "caption", "entities"):
+        np.testing.assert_allclose(outputs[name], expected[name], atol=1e-5, err_msg=name)
+
+
 # ---------------------------------------------------------------- saving
 
 

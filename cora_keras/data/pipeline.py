@@ -27,6 +27,7 @@ from cora_keras.config import Config, ModelConfig
 from cora_keras.data.datasets import CAPTIONS_PER_IMAGE, Split
 from cora_keras.inputs import (
     CAPTION_INPUTS,
+    CAPTION_IMAGE,
     IMAGE_INPUTS,
     TARGETS,
     caption_specs,
@@ -166,12 +167,27 @@ def region_keep_mask(
     return keep
 
 
+def grouped_caption_order(rng: np.random.Generator, num_images: int, k: int) -> np.ndarray:
+    """An epoch's caption indices in groups of k consecutive captions of one image.
+
+    Each image's captions, shuffled, are cut into ceil(5 / k) groups; the
+    last is filled up with the image's first shuffled captions (distinct
+    from its own), so every caption comes at least once. The groups of all
+    images are then shuffled.
+    """
+    groups = -(-CAPTIONS_PER_IMAGE // k)
+    shuffled = rng.permuted(np.tile(np.arange(CAPTIONS_PER_IMAGE), (num_images, 1)), axis=1)
+    filled = np.concatenate([shuffled, shuffled[:, : groups * k - CAPTIONS_PER_IMAGE]], axis=1)
+    captions = filled + CAPTIONS_PER_IMAGE * np.arange(num_images)[:, None]
+    return rng.permutation(captions.reshape(num_images * groups, k)).reshape(-1)
+
+
 class TrainingBatches:
     """Sampled training batches of one split, in numpy.
 
     One epoch visits every caption once in an order seeded by (seed, epoch);
-    a batch holds `train.batch_size` captions with their images. `epoch`
-    yields the parts of each batch that `shard` names (the whole batch by
+    a batch holds `train.batch_size` captions with their images (grouped by
+    image with `train.captions_per_image` > 1, see `batch`). `epoch` yields the parts of each batch that `shard` names (the whole batch by
     default); a caption's sampling does not depend on the sharding.
 
     Args:
@@ -205,9 +221,17 @@ class TrainingBatches:
             )
         self.part_size = self.batch_size // shard.num_parts
         self.budget_batch_size = self.part_size if shard.per_part_budgets else self.batch_size
+        self.captions_per_image = k = config.train.captions_per_image
+        if not 1 <= k <= CAPTIONS_PER_IMAGE or self.part_size % k:
+            raise ValueError(
+                f"train.captions_per_image = {k}: must be 1 to {CAPTIONS_PER_IMAGE} and "
+                f"divide the batch part of {self.part_size} captions"
+            )
+        self.image_part_size = self.part_size // k
+        self.x_names = (*IMAGE_INPUTS, *CAPTION_INPUTS, *((CAPTION_IMAGE,) if k > 1 else ()))
         specs = {**caption_specs(config.model), **target_specs(config.model)}
         self._encoded_specs = {k: v for k, v in specs.items() if k != "image_ids"}
-        self.steps_per_epoch = split.num_captions // self.batch_size
+        self.steps_per_epoch = len(self.order(0)) // self.batch_size
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"split {split.name!r} has {split.num_captions} captions, fewer "
@@ -221,13 +245,22 @@ class TrainingBatches:
 
     def order(self, epoch: int) -> np.ndarray:
         """The caption indices of `epoch`, batch after batch."""
-        return np.random.default_rng([self.seed, epoch]).permutation(
-            self.split.num_captions
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.captions_per_image == 1:
+            return rng.permutation(self.split.num_captions)
+        return grouped_caption_order(
+            rng, self.split.num_captions // CAPTIONS_PER_IMAGE, self.captions_per_image
         )
 
     def batch(self, epoch: int, caption_indices: np.ndarray) -> tuple[Arrays, Arrays]:
-        """(x, y) for these captions, sampled with their (seed, epoch, index) rngs."""
+        """(x, y) for these captions, sampled with their (seed, epoch, index) rngs.
+
+        With `train.captions_per_image` = k > 1, each k consecutive captions
+        show one image: x holds that image once (its region dropout drawn
+        with its first caption) and `caption_image` points each caption at it.
+        """
         model = self.config.model
+        k = self.captions_per_image
         drop = self.config.augment.region_drop
         keep = np.empty((len(caption_indices), model.num_regions), dtype=bool)
         encoded = []
@@ -238,9 +271,16 @@ class TrainingBatches:
         captions = _stack(encoded, self._encoded_specs)
         check_phrase_budgets(captions, model, self.budget_batch_size)
         image_ids = np.asarray(caption_indices, np.int64) // CAPTIONS_PER_IMAGE
-        regions, counts = drop_regions(self.split.features.read_many(image_ids), keep)
-        check_region_budget(counts, model, self.budget_batch_size)
+        if np.any(image_ids.reshape(-1, k) != image_ids[::k, None]):
+            raise ValueError(
+                f"train.captions_per_image = {k}: each {k} consecutive captions of a "
+                "batch must show one image"
+            )
+        regions, counts = drop_regions(self.split.features.read_many(image_ids[::k]), keep[::k])
+        check_region_budget(counts, model, self.budget_batch_size // k)
         x = {"regions": regions, "region_counts": counts}
+        if k > 1:
+            x[CAPTION_IMAGE] = np.arange(len(caption_indices), dtype=np.int32) // k
         x.update((name, captions[name]) for name in CAPTION_INPUTS)
         y = {name: captions[name] for name in TARGETS if name != "image_ids"}
         y["image_ids"] = image_ids.astype(np.int32)
@@ -364,15 +404,17 @@ def training_dataset(
         **image_specs(config.model),
         **caption_specs(config.model),
         **target_specs(config.model),
+        **({CAPTION_IMAGE: ((), "int32")} if batches.captions_per_image > 1 else {}),
     }
+    sizes = {name: batches.image_part_size for name in IMAGE_INPUTS}
 
     def build(epoch: np.ndarray, indices: np.ndarray) -> Arrays:
         x, y = batches.batch(int(epoch), indices)
         return {**x, **y}
 
     def build_tensors(epoch: tf.Tensor, indices: tf.Tensor) -> tuple[dict, dict]:
-        tensors = _numpy_batch(build, [epoch, indices], specs, batches.part_size)
-        x = {name: tensors[name] for name in (*IMAGE_INPUTS, *CAPTION_INPUTS)}
+        tensors = _numpy_batch(build, [epoch, indices], specs, batches.part_size, sizes)
+        x = {name: tensors[name] for name in batches.x_names}
         return x, {name: tensors[name] for name in TARGETS}
 
     dataset = tf.data.Dataset.from_generator(
@@ -452,8 +494,10 @@ def _numpy_batch(
     args: list[tf.Tensor],
     specs: dict[str, tuple[tuple[int, ...], str]],
     batch_size: Optional[int],
+    batch_sizes: Optional[dict[str, int]] = None,
 ) -> dict[str, tf.Tensor]:
-    """`build(*args)` run as a numpy_function; its arrays named, typed, shaped."""
+    """`build(*args)` run as a numpy_function; its arrays named, typed, shaped
+    (leading axis `batch_size`, or `batch_sizes[name]` for the names there)."""
     names = list(specs)
 
     def flat(*arrays: np.ndarray) -> list[np.ndarray]:
@@ -464,7 +508,7 @@ def _numpy_batch(
         flat, args, [tf.as_dtype(specs[name][1]) for name in names]
     )
     for tensor, name in zip(tensors, names):
-        tensor.set_shape((batch_size, *specs[name][0]))
+        tensor.set_shape(((batch_sizes or {}).get(name, batch_size), *specs[name][0]))
     return dict(zip(names, tensors))
 
 

@@ -18,6 +18,7 @@ from cora_keras.data.pipeline import (
     check_region_budget,
     drop_regions,
     evaluation_dataset,
+    grouped_caption_order,
     region_keep_mask,
     training_dataset,
 )
@@ -410,3 +411,56 @@ def test_endless_training_dataset_runs_epoch_after_epoch_from_the_first(split):
     for _ in range(2):  # a second iteration starts again at first_epoch
         got = [np.asarray(y["image_ids"]) for _, y in dataset.take(len(expected))]
         np.testing.assert_array_equal(np.stack(got), np.stack(expected))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_grouped_caption_order_covers_every_caption_in_groups_of_one_image(k):
+    order = grouped_caption_order(np.random.default_rng(k), num_images=7, k=k)
+    groups = -(-5 // k)
+    assert order.shape == (7 * groups * k,)
+    assert set(order) == set(range(35))
+    grouped = order.reshape(-1, k)
+    assert np.all(grouped // 5 == grouped[:, :1] // 5)  # one image per group
+    assert all(len(set(g)) == k for g in grouped)  # distinct captions in a group
+    # Every image gives the same number of groups; each caption comes once, or
+    # twice when it fills up an image's last group.
+    assert np.all(np.bincount(grouped[:, 0] // 5) == groups)
+    assert np.bincount(order).max() <= 2 and np.sum(np.bincount(order) == 2) == 7 * (groups * k - 5)
+
+
+def test_image_grouped_batches_hold_each_image_once(split):
+    config = _config(batch_size=6, region_drop=0.35, entity_drop=0.2)
+    config.train.captions_per_image = 3
+    plain_config = _config(batch_size=6, region_drop=0.35, entity_drop=0.2)
+    encoder = _encoder(split, config)
+    batches = TrainingBatches(split, encoder, config, seed=4)
+    assert batches.steps_per_epoch == 6 * 2 * 3 // 6
+    indices = batches.order(1)[:6]
+    x, y = batches.batch(1, indices)
+    px, py = TrainingBatches(split, encoder, plain_config, seed=4).batch(1, indices)
+    assert x["regions"].shape == (2, N_REGIONS, FEATURE_SIZE)
+    np.testing.assert_array_equal(x["caption_image"], [0, 0, 0, 1, 1, 1])
+    # Each image as its first caption's sampling dropped its regions; the
+    # captions are sampled as without grouping.
+    np.testing.assert_array_equal(x["regions"], px["regions"][[0, 3]])
+    np.testing.assert_array_equal(x["region_counts"], px["region_counts"][[0, 3]])
+    for name in CAPTION_INPUTS:
+        np.testing.assert_array_equal(x[name], px[name], err_msg=name)
+    for name in py:
+        np.testing.assert_array_equal(y[name], py[name], err_msg=name)
+    with pytest.raises(ValueError, match="consecutive captions"):
+        batches.batch(1, np.array([0, 1, 5, 6, 7, 8]))
+    dataset = training_dataset(split, encoder, config, seed=4)
+    x_spec, _ = dataset.element_spec
+    assert x_spec["regions"].shape == (2, N_REGIONS, FEATURE_SIZE)
+    assert x_spec["caption_image"].shape == (6,)
+    first = next(iter(dataset))[0]
+    np.testing.assert_array_equal(np.asarray(first["caption_image"]), [0, 0, 0, 1, 1, 1])
+
+
+@pytest.mark.parametrize("k", [0, 6, 4])
+def test_captions_per_image_must_divide_the_batch(split, k):
+    config = _config(batch_size=6)
+    config.train.captions_per_image = k
+    with pytest.raises(ValueError, match="captions_per_image"):
+        TrainingBatches(split, _encoder(split, config), config, seed=0)
