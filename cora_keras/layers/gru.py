@@ -43,7 +43,10 @@ class LengthMaskedGRU(keras.layers.Layer):
         """inputs (b, T, d), lengths (b,) -> final state (b, u) [, states (b, T, u)]."""
         u = self.units
         steps = inputs.shape[1]
-        projected = ops.transpose(ops.matmul(inputs, self.kernel) + self.bias[0], (1, 0, 2))
+        # Time-major rows through one 2-D matmul: on XLA CPU about twice as
+        # fast (with its gradient) as the same product on the (b, T, d) tensor.
+        rows = ops.reshape(ops.transpose(inputs, (1, 0, 2)), (-1, inputs.shape[-1]))
+        projected = ops.reshape(ops.matmul(rows, self.kernel) + self.bias[0], (steps, -1, 3 * u))
         active = ops.arange(steps, dtype="int32")[:, None] < ops.cast(lengths, "int32")[None, :]
 
         def step(state, step_inputs):
