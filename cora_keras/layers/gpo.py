@@ -8,6 +8,7 @@ from keras import ops
 
 from cora_keras.layers.gru import LengthMaskedGRU
 from cora_keras.layers.position_encoding import length_mask, sinusoid_table
+from cora_keras.layers.sorting import descending_order
 
 
 @keras.saving.register_keras_serializable(package="cora_keras")
@@ -21,7 +22,9 @@ class GPO(keras.layers.Layer):
     The weights depend only on the valid count L, so they are computed
     once per call for every L in 1..K (a (K, K) table) and gathered per
     row: the same numbers as running the GRU per row, at a cost
-    independent of the batch size.
+    independent of the batch size. Channels are ranked by a sorting
+    network (`sorting.descending_order`) and gathered, so the gradient
+    is the gather's.
 
     Args:
         hidden: size of the position codes and of the GRU (32).
@@ -65,7 +68,8 @@ class GPO(keras.layers.Layer):
         counts = ops.clip(ops.cast(counts, "int32"), 1, length)
         weights = ops.take(self.weight_table(length), counts - 1, axis=0)
         mask = length_mask(counts, length)[:, :, None] > 0
-        ranked = -ops.sort(-ops.where(mask, features, -10000.0), axis=1)
+        masked = ops.where(mask, features, -10000.0)
+        ranked = ops.take_along_axis(masked, descending_order(masked), axis=1)
         ranked = ops.where(mask, ranked, 0.0)
         return ops.sum(weights[:, :, None] * ranked, axis=1)
 
