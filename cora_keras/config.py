@@ -56,6 +56,11 @@ class ModelConfig:
     # 0.35 keeps ~65% of the rows, so the paper configs' 0.85 skips most
     # padding safely. Evaluation always computes every valid row.
     region_budget: float = 1.0
+    # Training only: encode each distinct phrase of a kind once per batch,
+    # in a static budget of this share of the kind's phrase budget (null:
+    # encode every phrase). Exact for the GRU; with BERT, copies of a phrase
+    # share one dropout draw. Demo batches repeat a few dozen phrases.
+    distinct_phrase_budget: Optional[float] = None
     entity_layers: int = 1
     relation_layers: int = 2
     num_heads: int = 16

@@ -105,6 +105,22 @@ def phrase_budgets(model_config: Any, batch_size: int) -> dict[str, int]:
     }
 
 
+def distinct_phrase_budgets(model_config: Any, batch_size: int) -> dict[str, int | None]:
+    """Static numbers of distinct phrases per kind the text tower encodes in
+    training (`model.distinct_phrase_budget` of each `phrase_budgets`
+    entry); None for a kind whose phrases are all encoded."""
+    share = model_config.distinct_phrase_budget
+    if share is not None and not 0.0 < share <= 1.0:
+        raise ValueError(f"model.distinct_phrase_budget = {share!r} must be in (0, 1] or null")
+    budgets = phrase_budgets(model_config, batch_size)
+    if share is None:
+        return dict.fromkeys(budgets)
+    return {
+        kind: math.ceil(share * budget) if math.ceil(share * budget) < budget else None
+        for kind, budget in budgets.items()
+    }
+
+
 def region_budget(model_config: Any, batch_size: int) -> int | None:
     """Region rows per batch the image tower computes; None for all B x N."""
     share = model_config.region_budget

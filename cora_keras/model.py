@@ -11,12 +11,13 @@ from cora_keras.config import LossConfig, ModelConfig
 from cora_keras.inputs import (
     CAPTION_IMAGE,
     caption_specs,
+    distinct_phrase_budgets,
     image_specs,
     phrase_budgets,
     region_budget,
 )
 from cora_keras.layers.entity_composer import EntityComposer
-from cora_keras.layers.packing import pack_slots, unpack
+from cora_keras.layers.packing import pack_distinct, pack_slots, unpack
 from cora_keras.layers.phrase_encoder import PhraseEncoder
 from cora_keras.layers.region_encoder import RegionEncoder
 from cora_keras.layers.relation_composer import RelationComposer
@@ -116,10 +117,15 @@ class CoraModel(keras.Model):
         flat_entities = ops.reshape(entity_tokens, (-1, t))
         flat_attributes = ops.reshape(inputs["attribute_tokens"], (-1, t))
         flat_relations = ops.reshape(inputs["relation_tokens"], (-1, t))
-        encode = self.phrase_encoder
-        names = encode(ops.take(flat_entities, graph["entity_slot"], axis=0), kind="object")
-        attributes = encode(ops.take(flat_attributes, graph["attribute_packed_slot"], axis=0), kind="attribute")
-        predicates = encode(ops.take(flat_relations, graph["relation_packed_slot"], axis=0), kind="predicate")
+        distinct = distinct_phrase_budgets(c, batch) if training and batch is not None else {}
+        encode = self._encode_phrases
+        names = encode(ops.take(flat_entities, graph["entity_slot"], axis=0), "object", distinct.get("entities"))
+        attributes = encode(
+            ops.take(flat_attributes, graph["attribute_packed_slot"], axis=0), "attribute", distinct.get("attributes")
+        )
+        predicates = encode(
+            ops.take(flat_relations, graph["relation_packed_slot"], axis=0), "predicate", distinct.get("relations")
+        )
 
         entities = self.entity_composer(
             names, attributes, graph["attribute_index"], graph["attribute_slot"], training=training
@@ -132,6 +138,14 @@ class CoraModel(keras.Model):
             "entities": entity_slots,
             "entity_mask": entity_mask,
         }
+
+    def _encode_phrases(self, tokens, kind: str, distinct_budget: int | None):
+        """(P, T) phrase tokens -> (P, W); with a budget, each distinct phrase
+        is encoded once and gathered into its rows."""
+        if distinct_budget is None:
+            return self.phrase_encoder(tokens, kind=kind)
+        indices, inverse = pack_distinct(tokens, distinct_budget)
+        return unpack(self.phrase_encoder(ops.take(tokens, indices, axis=0), kind=kind), inverse)
 
     def _encode_bags_of_words(self, inputs):
         """The bag-of-words ablation (`text_encoder: bow`): the caption is the

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from cora_keras.config import LossConfig
-from cora_keras.inputs import phrase_budgets
+from cora_keras.data.pipeline import check_distinct_phrase_budgets
+from cora_keras.inputs import distinct_phrase_budgets, phrase_budgets
 from cora_keras.model import LOSS_TERMS, CoraModel, text_graph
 from cora_keras.synthetic import synthetic_batch
 from tests.helpers import numpy64, small_model_config
@@ -134,6 +135,23 @@ def test_image_grouped_batch_encodes_each_image_once(model: CoraModel, batch: di
     expected = _outputs(model, repeated)
     for name in ("image", "caption", "entities"):
         np.testing.assert_allclose(outputs[name], expected[name], atol=1e-5, err_msg=name)
+
+
+def test_distinct_phrases_encoded_once_give_the_same_training_outputs(batch: dict) -> None:
+    no_dropout = dict(region_dropout=0.0, word_dropout=0.0, composer_dropout=0.0, relation_attention_dropout=0.0)
+    config = small_model_config(distinct_phrase_budget=0.6, **no_dropout)
+    every, distinct = CoraModel(small_model_config(**no_dropout)), CoraModel(config)
+    every.build(), distinct.build()
+    distinct.set_weights(every.get_weights())
+    # Each caption twice: every phrase repeats, and each kind really deduplicates.
+    doubled = {k: np.concatenate([v[: BATCH // 2]] * 2) for k, v in batch.items()}
+    for kind, budget in distinct_phrase_budgets(config, BATCH).items():
+        assert budget is not None and budget < phrase_budgets(config, BATCH)[kind], kind
+    check_distinct_phrase_budgets(doubled, config)
+    expected = every.encode_captions(doubled, training=True)
+    outputs = distinct.encode_captions(doubled, training=True)
+    for name in ("caption", "entities"):
+        np.testing.assert_allclose(numpy64(outputs[name]), numpy64(expected[name]), atol=1e-6, err_msg=name)
 
 
 # ---------------------------------------------------------------- saving

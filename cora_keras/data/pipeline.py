@@ -31,6 +31,7 @@ from cora_keras.inputs import (
     IMAGE_INPUTS,
     TARGETS,
     caption_specs,
+    distinct_phrase_budgets,
     image_specs,
     phrase_budgets,
     region_budget,
@@ -116,6 +117,36 @@ def check_phrase_budgets(
                 f"a batch of {batch_size} captions holds {count} real {kind}, over "
                 f"the {kind} budget of {budgets[kind]}; raise {key} (now {value} "
                 "per caption)"
+            )
+
+
+def check_distinct_phrase_budgets(
+    captions: Arrays, model_config: ModelConfig, budget_batch_size: Optional[int] = None
+) -> None:
+    """Raise PhraseBudgetError when a training batch holds more distinct
+    phrases of a kind, plus one for the padding row, than the model's
+    `distinct_phrase_budgets` (`budget_batch_size` as in `check_phrase_budgets`)."""
+    batch_size = len(captions["entity_tokens"])
+    whole = budget_batch_size or batch_size
+    entity_real = (captions["entity_tokens"] != 0).any(axis=-1)
+    real = {
+        "entities": entity_real,
+        "attributes": (captions["attribute_tokens"] != 0).any(axis=-1) & entity_real[..., None],
+        "relations": (captions["relation_tokens"] != 0).any(axis=-1),
+    }
+    tokens = {"entities": "entity_tokens", "attributes": "attribute_tokens", "relations": "relation_tokens"}
+    for kind, budget in distinct_phrase_budgets(model_config, whole).items():
+        if budget is None:
+            continue
+        budget = _budget_share(budget, batch_size, whole)
+        rows = captions[tokens[kind]][real[kind]]
+        count = len(np.unique(rows, axis=0)) + 1
+        if count > budget:
+            raise PhraseBudgetError(
+                f"a batch of {batch_size} captions holds {count - 1} distinct {kind} "
+                f"phrases (+1 padding), over the distinct budget of {budget}; raise "
+                f"model.distinct_phrase_budget (now {model_config.distinct_phrase_budget} of "
+                f"{BUDGET_KEYS[kind]}) or set it to null"
             )
 
 
@@ -270,6 +301,7 @@ class TrainingBatches:
             encoded.append(self.encoder.encode(self.split.graphs[index], rng))
         captions = _stack(encoded, self._encoded_specs)
         check_phrase_budgets(captions, model, self.budget_batch_size)
+        check_distinct_phrase_budgets(captions, model, self.budget_batch_size)
         image_ids = np.asarray(caption_indices, np.int64) // CAPTIONS_PER_IMAGE
         if np.any(image_ids.reshape(-1, k) != image_ids[::k, None]):
             raise ValueError(

@@ -36,6 +36,21 @@ def pack_slots(mask, budget: int | None):
     return indices, valid, inverse
 
 
+def pack_distinct(rows, budget: int):
+    """The distinct rows of a (P, T) tensor, in order of first appearance.
+
+    Returns `indices` (budget,) of each distinct row's first occurrence
+    (then padding) and `inverse` (P,) giving each row's packed position,
+    or `budget` for rows past it (the zero row of `unpack`). The input
+    pipeline checks the budget so that this never happens.
+    """
+    size = ops.shape(rows)[0]
+    same = ops.all(ops.expand_dims(rows, 1) == ops.expand_dims(rows, 0), axis=-1)
+    first = ops.cast(ops.argmax(ops.cast(same, "int32"), axis=1), "int32")
+    indices, _, inverse = pack_slots(first == ops.arange(size, dtype="int32"), budget)
+    return indices, ops.take(inverse, first, axis=0)
+
+
 def unpack(values, inverse):
     """Gather packed rows (P, ...) into slots by `inverse`; P gives zeros."""
     zero = ops.zeros_like(values[:1])

@@ -14,6 +14,7 @@ from cora_keras.data.pipeline import (
     InputShard,
     PhraseBudgetError,
     TrainingBatches,
+    check_distinct_phrase_budgets,
     check_phrase_budgets,
     check_region_budget,
     drop_regions,
@@ -200,6 +201,25 @@ def test_phrase_budget_error_names_budget_count_and_key(split):
     ):
         check_phrase_budgets(encoded, config.model)
     check_phrase_budgets(_encoder(split, config).encode_batch([graph]), config.model)
+
+
+def test_distinct_phrase_budget_error_names_count_budget_and_key(split):
+    config = _config(batch_size=4)
+    config.model.distinct_phrase_budget = 0.5  # 0.5 * min(4 * 3, ceil(4.5 * 4) + 3) = 6 distinct names
+    names = ("dog", "cat", "man", "boy", "car", "hat")
+    graphs = [SceneGraph("x", [Entity(n) for n in names[i : i + 3]]) for i in range(4)]
+    encoded = _encoder(split, config).encode_batch(graphs)  # 6 distinct names + padding
+    with pytest.raises(
+        PhraseBudgetError,
+        match=r"a batch of 4 captions holds 6 distinct entities phrases \(\+1 padding\), over "
+        r"the distinct budget of 6; raise model\.distinct_phrase_budget \(now 0\.5 of "
+        r"model\.entity_budget\) or set it to null",
+    ):
+        check_distinct_phrase_budgets(encoded, config.model)
+    check_distinct_phrase_budgets(_encoder(split, config).encode_batch(graphs[:2] * 2), config.model)
+    config.model.distinct_phrase_budget = 1.5
+    with pytest.raises(ValueError, match=r"model\.distinct_phrase_budget = 1\.5 must be in \(0, 1\] or null"):
+        check_distinct_phrase_budgets(encoded, config.model)
 
 
 def test_training_batches_check_budgets(split):

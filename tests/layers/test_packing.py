@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cora_keras.layers.packing import pack_slots, unpack
+from cora_keras.layers.packing import pack_distinct, pack_slots, unpack
 from tests.helpers import numpy64
 
 MASK = np.array([False, True, True, False, True, False])  # real slots 1, 2, 4
@@ -60,3 +60,21 @@ def test_pack_then_unpack_restores_real_slots(budget) -> None:
     packed = np.take(slots, numpy64(indices).astype(int), axis=0)
     restored = numpy64(unpack(packed, inverse))
     np.testing.assert_array_equal(restored, np.where(MASK[:, None], slots, 0.0))
+
+
+ROWS = np.array([[2, 5, 3], [2, 6, 3], [2, 5, 3], [0, 0, 0], [2, 6, 3], [0, 0, 0]], np.int32)
+
+
+def test_pack_distinct_keeps_first_occurrences_in_order() -> None:
+    indices, inverse = (numpy64(a).astype(int) for a in pack_distinct(ROWS, 4))
+    np.testing.assert_array_equal(indices[:3], [0, 1, 3])
+    np.testing.assert_array_equal(inverse, [0, 1, 0, 2, 1, 2])
+    values = np.array([[10.0], [20.0], [30.0], [40.0]], np.float32)[: len(indices)]
+    gathered = numpy64(unpack(values, inverse))[:, 0]
+    np.testing.assert_array_equal(gathered, [10, 20, 10, 30, 20, 30])
+
+
+def test_pack_distinct_rows_past_the_budget_get_the_zero_row() -> None:
+    indices, inverse = (numpy64(a).astype(int) for a in pack_distinct(ROWS, 2))
+    np.testing.assert_array_equal(indices, [0, 1])
+    np.testing.assert_array_equal(inverse, [0, 1, 0, 2, 1, 2])
