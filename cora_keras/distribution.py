@@ -177,10 +177,12 @@ class TrainingEngine:
 
         `make_dataset` returns the tf.data.Dataset of a `pipeline.InputShard`
         (see `pipeline.training_dataset`), endless or one epoch per
-        iteration. Give `fit` `steps_per_epoch`: on TensorFlow an input
-        pipeline yields one element per local replica and step, so the
-        dataset's length is not the number of steps, and Keras draws a first
-        element to build; there the dataset is endless.
+        iteration; here always endless, so give `fit` `steps_per_epoch`.
+        On TensorFlow an input pipeline yields one element per local replica
+        and step, so the dataset's length is not the number of steps, and
+        Keras draws a first element to build. On JAX, `fit` restarting a
+        finished one-epoch dataset stalled the first step of each later
+        epoch by 10-34 s (demo shapes, 2 cores; 33 s epochs took 42-65 s).
         """
         from cora_keras.data.pipeline import InputShard
 
@@ -193,8 +195,8 @@ class TrainingEngine:
 
             # Each process feeds its part; Keras assembles the global arrays.
             shard = InputShard(jax.process_count(), (jax.process_index(),), per_part_budgets=False)
-            return make_dataset(shard, False)
-        return make_dataset(InputShard(), False)
+            return make_dataset(shard, True)
+        return make_dataset(InputShard(), True)
 
 
 @contextlib.contextmanager
