@@ -89,33 +89,6 @@ class _Clock:
         print(f"[demo {self.elapsed():7.1f} s] {name}", file=sys.stderr, flush=True)
 
 
-def embed_captions(
-    model: CoraModel,
-    vocabulary: Vocabulary,
-    config: Config,
-    captions: Sequence[str],
-    parser: Optional[SceneGraphParser] = None,
-) -> np.ndarray:
-    """(len(captions), D) caption embeddings: parsed, encoded for evaluation,
-    run through the text tower in inference mode, `train.eval_batch_size` at a time."""
-    from keras import ops
-
-    from cora_keras.export import captions_to_tensors
-
-    tensors = captions_to_tensors(captions, vocabulary, config.model, parser)
-    size = config.train.eval_batch_size
-    rows = [
-        ops.convert_to_numpy(
-            model.encode_captions(
-                {name: value[start : start + size] for name, value in tensors.items()},
-                training=False,
-            )["caption"]
-        )
-        for start in range(0, len(captions), size)
-    ]
-    return np.concatenate(rows).astype(np.float32, copy=False)
-
-
 def evaluate_model(
     run_dir: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -124,15 +97,19 @@ def evaluate_model(
     """`{"test": metrics, "probes": {kind: percent}}` of a run's best weights on
     the demo world's test split and its swap probes."""
     from cora_keras.data.demo_world import load_probes, score_probes
-    from cora_keras.evaluation import evaluate_split
+    from cora_keras.evaluation import SplitEmbedder, evaluate_split
+    from cora_keras.export import captions_to_tensors
     from cora_keras.run import load_run
 
     config, model, vocabulary = load_run(run_dir)
-    embeddings, results = evaluate_split(model, config, vocabulary, data_dir, "test")
+    embedder = SplitEmbedder(model, config)
+    embeddings, results = evaluate_split(model, config, vocabulary, data_dir, "test", embedder=embedder)
     metrics = next(iter(results.values())).as_dict()
     probes = load_probes(data_dir)
     positives = embeddings.captions[[p.caption_index for p in probes]]
-    negatives = embed_captions(model, vocabulary, config, [p.negative for p in probes], parser)
+    negatives = embedder.embed_caption_tensors(
+        captions_to_tensors([p.negative for p in probes], vocabulary, config.model, parser)
+    )
     return {
         "test": {key: round(float(metrics[key]), 2) for key in METRIC_KEYS},
         "probes": {

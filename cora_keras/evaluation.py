@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import keras
 import numpy as np
@@ -133,16 +133,23 @@ class SplitEmbedder:
     def embed_images(self, split: Split, encoder: GraphEncoder) -> np.ndarray:
         """(n, D) image embeddings of `split`."""
         datasets = evaluation_dataset(split, encoder, self.config, self.batch_size)
-        return self._run(self._images, datasets.images)
+        return self._run(self._images, datasets.images.as_numpy_iterator())
 
     def embed_captions(self, split: Split, encoder: GraphEncoder) -> np.ndarray:
         """(5n, D) caption embeddings of `split`."""
         datasets = evaluation_dataset(split, encoder, self.config, self.batch_size)
-        return self._run(self._captions, datasets.captions)
+        return self._run(self._captions, datasets.captions.as_numpy_iterator())
 
-    def _run(self, tower: _Tower, dataset) -> np.ndarray:
+    def embed_caption_tensors(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
+        """(n, D) embeddings of captions already encoded as the text tower's
+        input arrays (`export.captions_to_tensors`)."""
+        count, size = len(next(iter(tensors.values()))), self.batch_size
+        batches = ({name: value[start : start + size] for name, value in tensors.items()} for start in range(0, count, size))
+        return self._run(self._captions, batches)
+
+    def _run(self, tower: _Tower, batches: Iterable[dict[str, np.ndarray]]) -> np.ndarray:
         outputs = []
-        for batch in dataset.as_numpy_iterator():
+        for batch in batches:
             count = len(next(iter(batch.values())))
             if count < self.batch_size:
                 batch = {
@@ -231,15 +238,18 @@ def evaluate_split(
     data_dir: str | os.PathLike,
     split: str,
     batch_size: Optional[int] = None,
+    embedder: Optional[SplitEmbedder] = None,
 ) -> tuple[SplitEmbeddings, dict[str, RetrievalMetrics]]:
     """Embeddings of `split` of the dataset in `data_dir` and its protocol metrics.
 
     The split's scene graphs are parsed (and cached) on first use; a
     `scene_graphs/{split}.jsonl` given without a `.sha256` is used as is.
+    `embedder`: the model's compiled towers to reuse (default: new ones).
     """
     loaded = load_split(data_dir, split, config, vocabulary=vocabulary)
     encoder = GraphEncoder(vocabulary, config.model, config.augment)
-    embeddings = SplitEmbedder(model, config, batch_size).embed(loaded, encoder)
+    embedder = embedder or SplitEmbedder(model, config, batch_size)
+    embeddings = embedder.embed(loaded, encoder)
     return embeddings, protocol_metrics(
         config.data.dataset, embeddings.images, embeddings.captions
     )
