@@ -216,13 +216,17 @@ def test_split_embeddings_match_the_towers_called_directly(run, world):
     vocabulary = Vocabulary.load(run.out / "vocab.json")
     split = load_split(world, "test", config, vocabulary=vocabulary)
     encoder = GraphEncoder(vocabulary, config.model, config.augment)
-    embedded = SplitEmbedder(model, config, batch_size=4).embed(split, encoder)  # 10 = 4 + 4 + 2 (padded)
+    embedder = SplitEmbedder(model, config, batch_size=4)
+    embedded = embedder.embed(split, encoder)  # 10 = 4 + 4 + 2 (padded)
     regions = split.features.read_many(np.arange(10))
     images = model.encode_images({"regions": regions, "region_counts": np.full(10, 36, np.int32)})
     arrays = encoder.encode_batch(split.graphs)
     captions = model.encode_captions({name: arrays[name] for name in CAPTION_INPUTS})["caption"]
     np.testing.assert_allclose(embedded.images, keras.ops.convert_to_numpy(images), atol=2e-5)
     np.testing.assert_allclose(embedded.captions, keras.ops.convert_to_numpy(captions), atol=2e-5)
+    # Captions given as arrays (the demo's probe negatives) take the same tower.
+    tensors = {name: arrays[name][:7] for name in CAPTION_INPUTS}  # 7 = 4 + 3 (padded)
+    np.testing.assert_allclose(embedder.embed_caption_tensors(tensors), embedded.captions[:7], atol=1e-6)
 
 
 def test_evaluate_prints_the_table_row_of_the_saved_embeddings(evaluated):
