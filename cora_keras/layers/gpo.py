@@ -22,9 +22,9 @@ class GPO(keras.layers.Layer):
     The weights depend only on the valid count L, so they are computed
     once per call for every L in 1..K (a (K, K) table) and gathered per
     row: the same numbers as running the GRU per row, at a cost
-    independent of the batch size. Channels are ranked by a sorting
-    network (`sorting.descending_order`) and gathered, so the gradient
-    is the gather's.
+    independent of the batch size. Channels are ranked by
+    `sorting.descending_order` (a sorting network on JAX) and gathered,
+    so the gradient is the gather's.
 
     Args:
         hidden: size of the position codes and of the GRU (32).
