@@ -97,8 +97,15 @@ def specificity_loss(images, captions, entities, entity_mask, margin=0.35):
     return ops.sum(cost) / ops.maximum(ops.sum(mask), 1.0)
 
 
-def contrastive_positives(targets, entity_mask):
-    """(B, B + B*E) positive mask of term (a) from the objective's targets."""
+def contrastive_positives(targets, entity_mask, pool_same_image=False):
+    """(B, B + B*E) positive mask of term (a) from the objective's targets.
+
+    Image i's graph is row i's caption graph (the release). With
+    `pool_same_image` it is the union of the graphs of every row showing
+    the same image: in image-grouped batches those rows share one image
+    embedding, which must not be a positive of an entity in one row and a
+    negative in another.
+    """
     same = same_image(targets["image_ids"])
     batch, e_max = entity_mask.shape[0] or ops.shape(entity_mask)[0], entity_mask.shape[1]
     owner = ops.repeat(ops.eye(batch) > 0, e_max, axis=1)  # column b*E+e owned by row b
@@ -108,11 +115,14 @@ def contrastive_positives(targets, entity_mask):
         targets["graph_name_ids"],
         targets["graph_attribute_ids"],
     )
-    entity_part = ops.logical_or(owner, ops.reshape(match, (batch, -1)))
+    match = ops.reshape(match, (batch, -1))
+    if pool_same_image:
+        match = ops.matmul(ops.cast(same, "float32"), ops.cast(match, "float32")) > 0
+    entity_part = ops.logical_or(owner, match)
     return ops.concatenate([same, entity_part], axis=1)
 
 
-def cora_objective(outputs, targets, config, hardest=1.0) -> dict:
+def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False) -> dict:
     """All terms and the weighted total (`loss`) for one batch.
 
     Args:
@@ -122,6 +132,8 @@ def cora_objective(outputs, targets, config, hardest=1.0) -> dict:
         config: a `LossConfig` (weights, margins, temperature).
         hardest: 1 for the max-violation triplet, 0 for its warm-up form
             (see `hardest_triplet_loss`).
+        pool_same_image: entity positives from each image's pooled graphs
+            (see `contrastive_positives`; image-grouped batches).
     """
     images, captions = outputs["image"], outputs["caption"]
     entities, entity_mask = outputs["entities"], outputs["entity_mask"]
@@ -130,7 +142,7 @@ def cora_objective(outputs, targets, config, hardest=1.0) -> dict:
     text_mask = ops.concatenate(
         [ops.ones_like(images[:, 0]) > 0, ops.reshape(ops.cast(entity_mask, "bool"), (-1,))], axis=0
     )
-    positives = contrastive_positives(targets, entity_mask)
+    positives = contrastive_positives(targets, entity_mask, pool_same_image)
     contrastive = supervised_contrastive_loss(images, texts, positives, text_mask, config.temperature)
     triplet = hardest_triplet_loss(
         images, captions, same_image(targets["image_ids"]), config.triplet_margin, hardest

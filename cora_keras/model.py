@@ -192,8 +192,11 @@ class CoraModel(keras.Model):
         and targets and returns its share of the global loss (see
         `cora_keras.distribution`); elsewhere the batch is already global.
         """
+        grouped = x is not None and CAPTION_IMAGE in x  # rows share image embeddings
         y_pred, y = distribution.gather_replicas((y_pred, y))
-        terms = losses.cora_objective(y_pred, y, self.loss_config, self.hardest_negatives)
+        terms = losses.cora_objective(
+            y_pred, y, self.loss_config, self.hardest_negatives, pool_same_image=grouped
+        )
         for name, value in terms.items():
             self.trackers[name].update_state(value)
         return distribution.replica_share(terms["loss"])

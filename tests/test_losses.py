@@ -246,6 +246,21 @@ def test_contrastive_positives_by_hand() -> None:
     np.testing.assert_array_equal(positives[:, 3:][:, real], np.array(entities)[:, real].astype(bool))
 
 
+def test_pooled_positives_give_rows_of_one_image_the_union_of_their_graphs() -> None:
+    targets = _targets()
+    entity_mask = targets["entity_name_ids"] != 0
+    per_row = numpy64(contrastive_positives(targets, entity_mask)).astype(bool)
+    pooled = numpy64(contrastive_positives(targets, entity_mask, pool_same_image=True)).astype(bool)
+    # Rows 0 and 2 show one image: both get row 0's and row 2's entity positives.
+    union = per_row[0, 3:] | per_row[2, 3:]
+    real = entity_mask.reshape(-1)
+    np.testing.assert_array_equal(pooled[0, 3:][real], union[real])
+    np.testing.assert_array_equal(pooled[2, 3:][real], union[real])
+    assert not np.array_equal(per_row[2, 3:][real], union[real])  # the case really differs
+    np.testing.assert_array_equal(pooled[1], per_row[1])
+    np.testing.assert_array_equal(pooled[:, :3], per_row[:, :3])
+
+
 # ---------------------------------------------------------- objective
 
 

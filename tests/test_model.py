@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from cora_keras import losses
 from cora_keras.config import LossConfig
 from cora_keras.data.pipeline import check_distinct_phrase_budgets
 from cora_keras.inputs import distinct_phrase_budgets, phrase_budgets
@@ -135,6 +136,25 @@ def test_image_grouped_batch_encodes_each_image_once(model: CoraModel, batch: di
     expected = _outputs(model, repeated)
     for name in ("image", "caption", "entities"):
         np.testing.assert_allclose(outputs[name], expected[name], atol=1e-5, err_msg=name)
+
+
+def test_image_grouped_batch_loss_pools_the_graphs_of_an_image(model: CoraModel, batch: dict) -> None:
+    _, targets = _synthetic(BATCH, seed=0)
+    show = np.repeat(np.arange(BATCH // 2, dtype=np.int32), 2)
+    grouped = {**batch, "regions": batch["regions"][::2], "region_counts": batch["region_counts"][::2]}
+    grouped["caption_image"] = show
+    targets = {**targets, "image_ids": show}
+    outputs = model(grouped)
+    model.trackers["contrastive_loss"].reset_state()
+    model.compute_loss(grouped, targets, outputs)
+    measured = float(numpy64(model.trackers["contrastive_loss"].result()))
+    expected = {
+        pool: losses.cora_objective(outputs, targets, model.loss_config, pool_same_image=pool)
+        for pool in (False, True)
+    }
+    expected = {pool: float(numpy64(terms["contrastive_loss"])) for pool, terms in expected.items()}
+    assert expected[True] != pytest.approx(expected[False], rel=1e-4)  # the batch's rows really differ
+    assert measured == pytest.approx(expected[True], rel=1e-5)
 
 
 def test_distinct_phrases_encoded_once_give_the_same_training_outputs(batch: dict) -> None:
