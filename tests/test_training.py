@@ -1,5 +1,6 @@
 """Schedule, per-group AdamW, run-directory files and config errors."""
 
+import dataclasses
 import json
 
 import keras
@@ -218,11 +219,14 @@ def test_paper_configs_load_with_the_paper_objective(name):
     assert config.data.dataset == name.split("_")[0]
 
 
-def test_demo_config_trains_on_the_contrastive_term_without_dropout():
+def test_demo_config_trains_on_the_contrastive_term_without_dropout_or_caption_sampling():
     config = load_config("configs/demo.yaml")
-    loss, model = config.loss, config.model
-    assert (loss.temperature, loss.triplet_weight, loss.specificity_weight) == (0.07, 0.0, 0.0)
+    loss, model, augment = config.loss, config.model, config.augment
+    assert (loss.temperature, loss.triplet_weight, loss.specificity_weight) == (0.05, 0.0, 0.0)
     assert (model.region_dropout, model.word_dropout, model.composer_dropout) == (0.0, 0.0, 0.0)
+    caption_sampling = dataclasses.asdict(augment)
+    assert caption_sampling.pop("region_drop") == 0.05
+    assert set(caption_sampling.values()) == {0.0}, caption_sampling
     assert config.data.dataset == "demo"
 
 
