@@ -993,7 +993,7 @@ class _Progress:
         self.shown = now
         rate = self.done / max(now - self.start, 1e-9)
         end = "\n" if self.done >= self.total else ""
-        sys.stderr.write(f"\rparsed {self.done}/{self.total} captions ({rate:.0f}/s){end}")
+        sys.stderr.write(f"\rparsed {self.done}/{self.total} distinct captions ({rate:.0f}/s){end}")
         sys.stderr.flush()
 
 
@@ -1005,11 +1005,12 @@ def parse_captions(
 ) -> list[SceneGraph]:
     """Scene graphs of captions in input order, parsed by `processes` workers.
 
-    With `processes` > 1, each worker is a fresh ("spawn") process that loads
-    spaCy once and parses chunks of `batch_size` captions; a script calling
-    this needs the usual `if __name__ == "__main__":` guard. `progress`
-    prints a progress line on stderr for inputs of PROGRESS_MIN_CAPTIONS or
-    more.
+    Each distinct caption is parsed once (a caption's graph depends on its
+    text alone); repeats get copies of its graph. With `processes` > 1, each
+    worker is a fresh ("spawn") process that loads spaCy once and parses
+    chunks of `batch_size` captions; a script calling this needs the usual
+    `if __name__ == "__main__":` guard. `progress` prints a progress line on
+    stderr for inputs of PROGRESS_MIN_CAPTIONS distinct captions or more.
     """
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
@@ -1018,21 +1019,34 @@ def parse_captions(
     captions = list(captions)
     for i, caption in enumerate(captions):
         _check_caption(caption, f"caption {i}")
-    chunks = [captions[i:i + batch_size] for i in range(0, len(captions), batch_size)]
-    report = _Progress(len(captions), progress)
+    distinct = list(dict.fromkeys(captions))
+    chunks = [distinct[i:i + batch_size] for i in range(0, len(distinct), batch_size)]
+    report = _Progress(len(distinct), progress)
     graphs: list[SceneGraph] = []
     if processes == 1 or len(chunks) <= 1:
         parser = _shared_parser()
         for chunk in chunks:
             graphs.extend(parser.parse_many(chunk, batch_size=batch_size))
             report.update(len(chunk))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(processes, initializer=_init_worker) as pool:
+            for chunk_graphs in pool.imap(_parse_chunk, chunks):
+                graphs.extend(chunk_graphs)
+                report.update(len(chunk_graphs))
+    if len(distinct) == len(captions):
         return graphs
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(processes, initializer=_init_worker) as pool:
-        for chunk_graphs in pool.imap(_parse_chunk, chunks):
-            graphs.extend(chunk_graphs)
-            report.update(len(chunk_graphs))
-    return graphs
+    by_caption = dict(zip(distinct, graphs))
+    return [_copy_graph(by_caption[caption]) for caption in captions]
+
+
+def _copy_graph(graph: SceneGraph) -> SceneGraph:
+    """A graph sharing no mutable part with `graph`."""
+    return SceneGraph(
+        graph.caption,
+        [Entity(e.name, list(e.attributes)) for e in graph.entities],
+        [Relation(r.subject, r.predicate, r.object) for r in graph.relations],
+    )
 
 
 def read_captions(path: str | os.PathLike) -> list[str]:

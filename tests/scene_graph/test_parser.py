@@ -258,6 +258,24 @@ def test_worker_processes_keep_input_order(parser):
     assert in_workers == parser.parse_many(captions)
 
 
+def test_repeated_captions_are_parsed_once_into_separate_graphs(parser, monkeypatch):
+    captions = ["a red car", "a dog on a sofa", "a red car", "a red car", "two cats"]
+    parsed = []
+    parse_many = type(parser).parse_many
+
+    def counting(self, texts, batch_size=256):
+        texts = list(texts)
+        parsed.extend(texts)
+        return parse_many(self, texts, batch_size)
+
+    monkeypatch.setattr(type(parser), "parse_many", counting)
+    graphs = parse_captions(captions)
+    assert parsed == ["a red car", "a dog on a sofa", "two cats"]
+    assert graphs == [parse_many(parser, [c])[0] for c in captions]
+    graphs[0].entities[0].attributes.append("fast")  # copies share nothing
+    assert graphs[2].entities[0].attributes == ["red"]
+
+
 def test_parse_captions_checks_its_arguments():
     with pytest.raises(ValueError, match="processes"):
         parse_captions(["a dog"], processes=0)
@@ -293,7 +311,7 @@ def test_progress_line_only_for_long_inputs(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
     long = parser_module._Progress(4, enabled=True)
     long.update(4)
-    assert "parsed 4/4 captions" in capsys.readouterr().err
+    assert "parsed 4/4 distinct captions" in capsys.readouterr().err
 
 
 # ----- every caption of the shared test data ---------------------------------
