@@ -110,6 +110,10 @@ class DataConfig:
     dataset: Literal["f30k", "coco", "demo"] = "f30k"
     features: Literal["precomp", "per_image"] = "precomp"
     vocab_min_count: int = 1
+    # Scene-graph parser processes when a split's captions are not parsed
+    # yet; above 1 they are spawned, so a script that trains needs the
+    # `if __name__ == "__main__":` guard.
+    parse_processes: int = 1
     shuffle_buffer: int = 10000
     parallel_calls: int = 2
 

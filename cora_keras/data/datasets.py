@@ -63,7 +63,7 @@ def load_split(
     split: str,
     config: Config,
     *,
-    parse_processes: int = 1,
+    parse_processes: int | None = None,
     scan_features: bool = False,
     vocabulary: Vocabulary | None = None,
 ) -> Split:
@@ -73,7 +73,8 @@ def load_split(
         data_dir: the dataset directory.
         split: the split name; files are `{split}_caps.txt` etc.
         config: the run's config (feature layout and shapes, vocab min count).
-        parse_processes: processes for the scene graph parser on a cache miss.
+        parse_processes: processes for the scene graph parser on a cache
+            miss; default `data.parse_processes`.
         scan_features: also scan every image's features for NaN/Inf now
             (otherwise each image is checked when first read).
         vocabulary: the vocabulary to use (a trained run's or a release
@@ -96,6 +97,10 @@ def load_split(
         )
     if scan_features:
         check_finite(features)
+    if parse_processes is None:
+        parse_processes = config.data.parse_processes
+        if parse_processes < 1:
+            raise ValueError(f"data.parse_processes = {parse_processes}: must be >= 1")
     graphs = load_scene_graphs(data_dir, split, captions, parse_processes)
     if vocabulary is None:
         train_graphs = graphs if split == TRAIN_SPLIT else None
@@ -127,34 +132,44 @@ def load_scene_graphs(
     captions: list[str],
     parse_processes: int = 1,
 ) -> list[SceneGraph]:
-    """The graphs of `split`'s captions, from the cache or parsed and cached.
-
-    The cache `scene_graphs/{split}.jsonl` is used when its `.sha256` file
-    matches the captions file, reparsed when it does not; without a
-    `.sha256` file (graphs provided by the user) it is used as is if it
-    holds exactly the captions of the captions file.
-    """
-    captions_path = captions_file(data_dir, split)
+    """The graphs of `split`'s captions, from the cache
+    `scene_graphs/{split}.jsonl` or parsed and cached (see `cached_scene_graphs`)."""
     graphs_path = Path(data_dir) / "scene_graphs" / f"{split}.jsonl"
+    return cached_scene_graphs(captions_file(data_dir, split), graphs_path, captions, parse_processes)
+
+
+def cached_scene_graphs(
+    source_path: str | os.PathLike,
+    graphs_path: str | os.PathLike,
+    captions: list[str],
+    parse_processes: int = 1,
+) -> list[SceneGraph]:
+    """The graphs of `captions` (read from `source_path`), cached in `graphs_path`.
+
+    The cache is used when its `.sha256` file matches the source file,
+    reparsed when it does not; without a `.sha256` file (graphs provided by
+    the user) it is used as is if it holds exactly the captions given.
+    """
+    source_path, graphs_path = Path(source_path), Path(graphs_path)
     hash_path = graphs_path.with_suffix(".sha256")
-    digest = file_sha256(captions_path)
+    digest = file_sha256(source_path)
     if graphs_path.is_file() and not hash_path.is_file():
         graphs = read_jsonl(graphs_path)
-        _check_in_step(graphs, graphs_path, captions, captions_path)
+        _check_in_step(graphs, graphs_path, captions, source_path)
         return graphs
     stored = hash_path.read_text(encoding="utf-8") if hash_path.is_file() else ""
     if graphs_path.is_file() and stored.split()[:1] == [digest]:
         graphs = read_jsonl(graphs_path)
         if len(graphs) != len(captions):
             raise DatasetError(
-                f"{graphs_path} holds {len(graphs)} graphs but {captions_path} holds "
+                f"{graphs_path} holds {len(graphs)} graphs but {source_path} holds "
                 f"{len(captions)} captions; delete {hash_path} to reparse"
             )
         return graphs
     graphs = parse_captions(captions, processes=parse_processes)
     graphs_path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(graphs, graphs_path)
-    _write_atomically(hash_path, f"{digest}  {captions_path.name}\n")
+    _write_atomically(hash_path, f"{digest}  {source_path.name}\n")
     return graphs
 
 

@@ -93,6 +93,27 @@ def test_load_split_parses_once_then_uses_the_cache(tmp_path, parses):
     assert again.graphs == split.graphs
 
 
+def test_parser_processes_come_from_the_config(tmp_path, monkeypatch):
+    seen = []
+
+    def parse(captions, processes=1, **kwargs):
+        seen.append(processes)
+        return fake_parse(captions)
+
+    monkeypatch.setattr(datasets, "parse_captions", parse)
+    _write(tmp_path, "test", 1)
+    _write(tmp_path, "dev", 1)
+    _write_vocab(tmp_path)
+    config = _config()
+    config.data.parse_processes = 3
+    load_split(tmp_path, "test", config)
+    load_split(tmp_path, "dev", config, parse_processes=2)
+    assert seen == [3, 2]
+    config.data.parse_processes = 0
+    with pytest.raises(ValueError, match=r"data.parse_processes = 0: must be >= 1"):
+        load_split(tmp_path, "test", config)
+
+
 def test_changed_captions_are_reparsed(tmp_path, parses):
     captions, _ = _write(tmp_path, "dev", 2)
     _write_vocab(tmp_path)
