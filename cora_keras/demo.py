@@ -25,14 +25,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 if TYPE_CHECKING:
     from cora_keras.config import Config
     from cora_keras.model import CoraModel
-    from cora_keras.scene_graph.parser import SceneGraphParser
     from cora_keras.scene_graph.vocabulary import Vocabulary
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
@@ -89,16 +88,13 @@ class _Clock:
         print(f"[demo {self.elapsed():7.1f} s] {name}", file=sys.stderr, flush=True)
 
 
-def evaluate_model(
-    run_dir: str | os.PathLike,
-    data_dir: str | os.PathLike,
-    parser: Optional[SceneGraphParser] = None,
-) -> dict:
+def evaluate_model(run_dir: str | os.PathLike, data_dir: str | os.PathLike) -> dict:
     """`{"test": metrics, "probes": {kind: percent}}` of a run's best weights on
-    the demo world's test split and its swap probes."""
-    from cora_keras.data.demo_world import load_probes, score_probes
+    the demo world's test split and its swap probes (their negatives parsed
+    once per world, see `load_probe_negative_graphs`)."""
+    from cora_keras.data.demo_world import load_probe_negative_graphs, load_probes, score_probes
     from cora_keras.evaluation import SplitEmbedder, evaluate_split
-    from cora_keras.export import captions_to_tensors
+    from cora_keras.export import graphs_to_tensors
     from cora_keras.run import load_run
 
     config, model, vocabulary = load_run(run_dir)
@@ -106,10 +102,9 @@ def evaluate_model(
     embeddings, results = evaluate_split(model, config, vocabulary, data_dir, "test", embedder=embedder)
     metrics = next(iter(results.values())).as_dict()
     probes = load_probes(data_dir)
+    negative_graphs = load_probe_negative_graphs(data_dir, config.data.parse_processes)
     positives = embeddings.captions[[p.caption_index for p in probes]]
-    negatives = embedder.embed_caption_tensors(
-        captions_to_tensors([p.negative for p in probes], vocabulary, config.model, parser)
-    )
+    negatives = embedder.embed_caption_tensors(graphs_to_tensors(negative_graphs, vocabulary, config.model))
     return {
         "test": {key: round(float(metrics[key]), 2) for key in METRIC_KEYS},
         "probes": {
@@ -158,7 +153,6 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", settings: DemoSettings = 
     choose_backend()
     from cora_keras.config import load_config
     from cora_keras.data.demo_world import generate_demo_world
-    from cora_keras.scene_graph.parser import SceneGraphParser
     from cora_keras.training import train
 
     clock = _Clock()
@@ -176,7 +170,6 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", settings: DemoSettings = 
         feature_size=settings.feature_size,
         progress=False,
     )
-    parser = SceneGraphParser()
     shared = [f"model.region_feature_size={settings.feature_size}", *settings.overrides]
     runs = {"cora": shared, "bow": [*shared, *BOW_OVERRIDES]}
     evaluated = {}
@@ -185,7 +178,7 @@ def run_demo(out_dir: str | os.PathLike = "runs/demo", settings: DemoSettings = 
         clock.stage(f"training {name} ({config_path.name}, text_encoder={config.model.text_encoder})")
         train(config, world, out / name, verbose=settings.verbose)
         clock.stage(f"evaluating {name} on the test split and the swap probes")
-        evaluated[name] = evaluate_model(out / name, world, parser)
+        evaluated[name] = evaluate_model(out / name, world)
     if settings.export:
         clock.stage("exporting CORA's towers as a SavedModel")
         export_in_tensorflow(out / "cora", out / "export")

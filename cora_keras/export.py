@@ -37,6 +37,7 @@ from cora_keras.inputs import CAPTION_INPUTS, caption_specs, image_specs
 from cora_keras.run import BERT_FILES, CONFIG_FILE, VOCAB_FILE, load_run, load_run_config
 from cora_keras.scene_graph.encode import GraphEncoder
 from cora_keras.scene_graph.parser import SceneGraphParser
+from cora_keras.scene_graph.schema import SceneGraph
 from cora_keras.scene_graph.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
@@ -75,6 +76,14 @@ def captions_to_tensors(
     if not captions:
         raise ValueError("captions is empty: give at least one caption")
     graphs = (parser or SceneGraphParser()).parse_many(captions)
+    return graphs_to_tensors(graphs, vocabulary, model_config)
+
+
+def graphs_to_tensors(
+    graphs: Sequence[SceneGraph], vocabulary: Vocabulary, model_config: ModelConfig
+) -> dict[str, np.ndarray]:
+    """The text tower's inputs for parsed captions, encoded for evaluation
+    (arguments as in `captions_to_tensors`)."""
     encoder = GraphEncoder(vocabulary, model_config, AugmentConfig())
     encoded = encoder.encode_batch(graphs, rng=None)
     return {name: encoded[name] for name in CAPTION_INPUTS}

@@ -77,6 +77,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from ..scene_graph.schema import Entity, Relation, SceneGraph, iter_json_lines
+from .datasets import cached_scene_graphs
 
 _T = TypeVar("_T")
 
@@ -97,6 +98,7 @@ RELATIONS = (
 SYMMETRIC_RELATIONS = frozenset({"next to"})
 SPLITS = ("train", "dev", "test")
 PROBE_KINDS = ("swap_attribute", "swap_relation")
+PROBES_FILE = "test_probes.jsonl"
 
 NUM_REGIONS = 36
 CAPTIONS_PER_IMAGE = 5
@@ -555,7 +557,7 @@ def _write_split(
     _write_text(os.path.join(out_dir, f"{split}_scenes.jsonl"), scene_lines)
     _write_text(os.path.join(out_dir, f"{split}_caption_facts.jsonl"), fact_lines)
     if split == "test":
-        _write_text(os.path.join(out_dir, "test_probes.jsonl"), probe_lines)
+        _write_text(os.path.join(out_dir, PROBES_FILE), probe_lines)
     if progress:
         print(
             f"demo world: {split}: {scenes_count} scenes, {len(captions)} captions"
@@ -571,7 +573,7 @@ def _output_files() -> list[str]:
         for split in SPLITS
         for suffix in ("ims.npy", "caps.txt", "scenes.jsonl", "caption_facts.jsonl")
     ]
-    return names + ["test_probes.jsonl"]
+    return names + [PROBES_FILE]
 
 
 def generate_demo_world(
@@ -720,7 +722,16 @@ def load_caption_facts(data_dir: str | os.PathLike, split: str) -> list[CaptionF
 
 def load_probes(data_dir: str | os.PathLike) -> list[Probe]:
     """The test split's swap probes."""
-    return _read_jsonl(os.path.join(os.fspath(data_dir), "test_probes.jsonl"), _probe_from_dict)
+    return _read_jsonl(os.path.join(os.fspath(data_dir), PROBES_FILE), _probe_from_dict)
+
+
+def load_probe_negative_graphs(data_dir: str | os.PathLike, parse_processes: int = 1) -> list[SceneGraph]:
+    """Scene graphs of the probes' negatives in probe order, parsed once and
+    cached in `scene_graphs/test_probes.jsonl` (like a split's captions)."""
+    source = os.path.join(os.fspath(data_dir), PROBES_FILE)
+    graphs_path = os.path.join(os.fspath(data_dir), "scene_graphs", PROBES_FILE)
+    negatives = [probe.negative for probe in load_probes(data_dir)]
+    return cached_scene_graphs(source, graphs_path, negatives, parse_processes)
 
 
 def score_probes(

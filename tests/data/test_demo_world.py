@@ -175,6 +175,26 @@ def test_probes_are_minimal_edits_false_of_the_scene(world):
             )
 
 
+def test_probe_negatives_are_parsed_once_per_world(world, monkeypatch):
+    from cora_keras.data import datasets
+
+    parsed = []
+
+    def parse(captions, processes=1, **kwargs):
+        parsed.append((list(captions), processes))
+        return [SceneGraph(c, [Entity(c.split()[-1].strip("."))]) for c in captions]
+
+    monkeypatch.setattr(datasets, "parse_captions", parse)
+    negatives = [p.negative for p in dw.load_probes(world)]
+    graphs = dw.load_probe_negative_graphs(world, parse_processes=2)
+    assert parsed == [(negatives, 2)]
+    assert [g.caption for g in graphs] == negatives
+    assert dw.load_probe_negative_graphs(world) == graphs  # from the cache
+    assert len(parsed) == 1
+    os.remove(os.path.join(world, "scene_graphs", "test_probes.sha256"))
+    os.remove(os.path.join(world, "scene_graphs", "test_probes.jsonl"))
+
+
 def test_every_eligible_relation_caption_gets_a_swap_relation_probe(world):
     # Descriptions are unique in their scene, so swapping an asymmetric
     # relation's ends always makes a false statement.
