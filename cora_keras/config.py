@@ -71,6 +71,14 @@ class ModelConfig:
     composer_dropout: float = 0.15
     relation_attention_dropout: float = 0.05
     gpo_hidden: int = 32
+    # Width of the image tower's pairwise relation features (0: off, the
+    # paper's tower). Each ordered pair of regions (i, j) gives
+    # ReLU(U r_i + V r_j), averaged over the pairs and added to the pooled
+    # image embedding, so "which object stands where relative to which"
+    # survives pooling.
+    region_pair_size: int = 0
+    # Regions (those a learned gate rates highest) whose pairs are used.
+    region_pair_regions: int = 12
 
 
 @dataclass
@@ -86,6 +94,16 @@ class LossConfig:
     # Epochs at the start of training whose triplet term sums over all
     # negatives instead of taking the hardest (VSE-infinity's warm-up).
     triplet_warmup_epochs: int = 0
+    # Relation-swap term: each training caption with an asymmetric relation
+    # between differently described entities is also composed with that
+    # relation's subject and object exchanged, and its image must score
+    # the caption above the swap (-log of the two-way softmax at
+    # `temperature`). 0 turns it off (the paper's objective).
+    relation_swap_weight: float = 0.0
+    # Predicates that read the same both ways: their relations are never swapped.
+    symmetric_predicates: list[str] = field(
+        default_factory=lambda: ["next to", "near", "beside", "by", "with", "and", "along", "alongside"]
+    )
 
 
 @dataclass

@@ -26,6 +26,11 @@ Ids are positive (0 = none) and equal exactly when the strings are equal.
 Image-grouped batches (training input, `train.captions_per_image` = k > 1):
 the image inputs hold B / k images and
   caption_image  (B,)  int32  the row of `regions` that caption b shows
+
+With the relation-swap term on (`loss.relation_swap_weight` > 0), training
+input also holds
+  swap_relation  (B,)  int32  the relation slot of caption b whose subject
+                              and object the model exchanges; -1 for none
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 
 IMAGE_INPUTS = ("regions", "region_counts")
 CAPTION_IMAGE = "caption_image"
+SWAP_RELATION = "swap_relation"
 CAPTION_INPUTS = (
     "entity_tokens",
     "attribute_tokens",

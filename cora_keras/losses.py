@@ -97,6 +97,21 @@ def specificity_loss(images, captions, entities, entity_mask, margin=0.35):
     return ops.sum(cost) / ops.maximum(ops.sum(mask), 1.0)
 
 
+def relation_swap_loss(images, captions, swaps, swap_mask, temperature=0.05):
+    """Relation-swap term: mean over captions with a swap of
+    -log(e^{I.C / tau} / (e^{I.C / tau} + e^{I.S / tau})), S the caption
+    composed with one relation's subject and object exchanged.
+
+    Args:
+        images: (B, D) the image of each caption.
+        captions, swaps: (B, D) captions and their swaps.
+        swap_mask: (B,) bool, False where a caption has no swap.
+    """
+    margin = ops.sum(images * (swaps - captions), axis=-1) / temperature
+    mask = ops.cast(swap_mask, "float32")
+    return ops.sum(ops.softplus(margin) * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
 def contrastive_positives(targets, entity_mask, pool_same_image=False):
     """(B, B + B*E) positive mask of term (a) from the objective's targets.
 
@@ -127,7 +142,8 @@ def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False)
 
     Args:
         outputs: `CoraModel` outputs (`image`, `caption`, `entities`,
-            `entity_mask`).
+            `entity_mask`; `swap_caption` and `swap_mask` when training
+            with relation swaps, else the swap term is 0).
         targets: the targets of `cora_keras.inputs`.
         config: a `LossConfig` (weights, margins, temperature).
         hardest: 1 for the max-violation triplet, 0 for its warm-up form
@@ -148,14 +164,22 @@ def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False)
         images, captions, same_image(targets["image_ids"]), config.triplet_margin, hardest
     )
     specificity = specificity_loss(images, captions, entities, entity_mask, config.specificity_margin)
+    if "swap_caption" in outputs:
+        swap = relation_swap_loss(
+            images, captions, outputs["swap_caption"], outputs["swap_mask"], config.temperature
+        )
+    else:
+        swap = ops.zeros_like(contrastive)
     total = (
         config.contrastive_weight * contrastive
         + config.triplet_weight * triplet
         + config.specificity_weight * specificity
+        + config.relation_swap_weight * swap
     )
     return {
         "loss": total,
         "contrastive_loss": contrastive,
         "triplet_loss": triplet,
         "specificity_loss": specificity,
+        "relation_swap_loss": swap,
     }

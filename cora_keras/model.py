@@ -10,6 +10,7 @@ from cora_keras import distribution, losses
 from cora_keras.config import LossConfig, ModelConfig
 from cora_keras.inputs import (
     CAPTION_IMAGE,
+    SWAP_RELATION,
     caption_specs,
     distinct_phrase_budgets,
     image_specs,
@@ -22,7 +23,7 @@ from cora_keras.layers.phrase_encoder import PhraseEncoder
 from cora_keras.layers.region_encoder import RegionEncoder
 from cora_keras.layers.relation_composer import RelationComposer
 
-LOSS_TERMS = ("loss", "contrastive_loss", "triplet_loss", "specificity_loss")
+LOSS_TERMS = ("loss", "contrastive_loss", "triplet_loss", "specificity_loss", "relation_swap_loss")
 
 
 @keras.saving.register_keras_serializable(package="cora_keras")
@@ -33,7 +34,9 @@ class CoraModel(keras.Model):
     tensors) and returns L2-normalised `image` (B, D), `caption` (B, D) and
     `entities` (B, E, D) plus `entity_mask` (B, E); with `caption_image`
     among the inputs, the image inputs hold fewer images and `image` is
-    gathered per caption. `encode_images` and
+    gathered per caption. In training with `swap_relation` among the
+    inputs (`loss.relation_swap_weight` > 0), `swap_caption` (B, D) and
+    `swap_mask` (B,) are added (see `swapped_entity_order`). `encode_images` and
     `encode_captions` run one tower. Training with `fit` takes `(x, y)`
     with `y` the targets of `cora_keras.inputs`; `compute_loss` is the
     three-term objective, each term tracked as its own metric.
@@ -49,7 +52,8 @@ class CoraModel(keras.Model):
         self.loss_config = _as_config(LossConfig, loss_config)
         c = self.model_config
         self.region_encoder = RegionEncoder(
-            c.embed_size, c.num_heads, c.region_dropout, c.gpo_hidden, name="region_encoder"
+            c.embed_size, c.num_heads, c.region_dropout, c.gpo_hidden, c.region_pair_size,
+            c.region_pair_regions, name="region_encoder",
         )
         self.phrase_encoder = PhraseEncoder(
             c.vocab_size, c.word_dim, c.text_encoder, c.bert_preset, c.bert_backbone,
@@ -133,11 +137,21 @@ class CoraModel(keras.Model):
         caption = self.relation_composer(entities, predicates, graph, training=training)
         entity_slots = ops.reshape(unpack(_l2_normalize(entities), graph["entity_inverse"]), (-1, e_max, c.embed_size))
         entity_mask = ops.reshape(graph["entity_inverse"] < ops.shape(entities)[0], (-1, e_max))
-        return {
+        outputs = {
             "caption": _l2_normalize(caption),
             "entities": entity_slots,
             "entity_mask": entity_mask,
         }
+        if training and SWAP_RELATION in inputs:
+            # The two ends of one relation trade places (what a caption
+            # says with those noun phrases exchanged): only the relation
+            # composer runs again, on permuted entity embeddings.
+            order = swapped_entity_order(inputs, graph, e_max)
+            outputs["swap_caption"] = _l2_normalize(
+                self.relation_composer(ops.take(entities, order, axis=0), predicates, graph, training=training)
+            )
+            outputs["swap_mask"] = inputs[SWAP_RELATION] >= 0
+        return outputs
 
     def _encode_phrases(self, tokens, kind: str, distinct_budget: int | None):
         """(P, T) phrase tokens -> (P, W); with a budget, each distinct phrase
@@ -304,6 +318,25 @@ def text_graph(inputs, config: ModelConfig, budgets: dict | None) -> dict:
         "passive_weight": packed_weight(within_cap(obj)),
         "adjacency": adjacency,
     }
+
+
+def swapped_entity_order(inputs, graph: dict, max_entities: int):
+    """(Pe,) packed entity indices that exchange, in each caption, the
+    subject and object of relation slot `swap_relation` (none where it is
+    -1): taking the packed entities in this order gives the caption with
+    those two noun phrases trading places, relations and positions kept."""
+    slot = ops.cast(inputs[SWAP_RELATION], "int32")
+    has_swap = slot >= 0
+    chosen = ops.maximum(slot, 0)[:, None]
+    subject = ops.take_along_axis(ops.cast(inputs["relation_subject"], "int32"), chosen, axis=1)[:, 0]
+    obj = ops.take_along_axis(ops.cast(inputs["relation_object"], "int32"), chosen, axis=1)[:, 0]
+    subject, obj = ops.where(has_swap, subject, -1), ops.where(has_swap, obj, -1)
+    caption, entity = graph["entity_slot"] // max_entities, graph["entity_slot"] % max_entities
+    s, o = ops.take(subject, caption, axis=0), ops.take(obj, caption, axis=0)
+    partner = ops.where(entity == s, o, ops.where(entity == o, s, entity))
+    order = ops.take(graph["entity_inverse"], caption * max_entities + partner, axis=0)
+    packed = ops.arange(ops.shape(order)[0], dtype=order.dtype)
+    return ops.where(order < ops.shape(order)[0], order, packed)  # padding rows stay
 
 
 def example_inputs(config: ModelConfig, batch_size: int = 1) -> dict[str, np.ndarray]:

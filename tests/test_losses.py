@@ -13,6 +13,7 @@ from cora_keras.losses import (
     cora_objective,
     entity_match,
     hardest_triplet_loss,
+    relation_swap_loss,
     same_image,
     specificity_loss,
     supervised_contrastive_loss,
@@ -127,6 +128,20 @@ def test_contrastive_padding_columns_change_nothing() -> None:
     padded = supervised_contrastive_loss(images, padded_texts, padded_positives, mask, 0.01)
     plain = contrastive_by_loops(images, texts, positives, 0.01)
     assert _value(padded) == pytest.approx(plain, rel=1e-5)
+
+
+# ------------------------------------------------------ relation swap
+
+
+def test_relation_swap_by_hand() -> None:
+    # Row 0: I.C = 1, I.S = 0 at tau 0.5 -> log(1 + e^-2). Row 1 has no swap.
+    images = np.array([[1, 0], [0, 1]], np.float32)
+    captions = np.array([[1, 0], [1, 0]], np.float32)
+    swaps = np.array([[0, 1], [0, 1]], np.float32)
+    loss = relation_swap_loss(images, captions, swaps, np.array([True, False]), temperature=0.5)
+    assert _value(loss) == pytest.approx(math.log(1 + math.exp(-2.0)), rel=1e-6)
+    none = relation_swap_loss(images, captions, swaps, np.array([False, False]), temperature=0.5)
+    assert _value(none) == 0.0
 
 
 # ----------------------------------------------------------- triplet
@@ -276,8 +291,9 @@ def test_pooled_positives_give_rows_of_one_image_the_union_of_their_graphs() -> 
             triplet_weight=3.0,
             specificity_weight=5.0,
         ),
+        LossConfig(temperature=0.05, relation_swap_weight=0.5),
     ],
-    ids=["paper", "custom"],
+    ids=["paper", "custom", "relation_swap"],
 )
 def test_objective_terms_and_weights(config: LossConfig) -> None:
     rng = np.random.default_rng(3)
@@ -289,6 +305,9 @@ def test_objective_terms_and_weights(config: LossConfig) -> None:
         "entities": _unit(rng.standard_normal((3, 2, 4))) * entity_mask[..., None],
         "entity_mask": entity_mask,
     }
+    if config.relation_swap_weight:
+        outputs["swap_caption"] = _unit(rng.standard_normal((3, 4)))
+        outputs["swap_mask"] = np.array([True, False, True])
     terms = {name: _value(value) for name, value in cora_objective(outputs, targets, config).items()}
 
     real = entity_mask.reshape(-1)
@@ -303,12 +322,24 @@ def test_objective_terms_and_weights(config: LossConfig) -> None:
             images, captions, outputs["entities"], entity_mask, config.specificity_margin
         ),
     }
+    if config.relation_swap_weight:
+        # -log of the caption's share of the two-way softmax, rows 0 and 2.
+        shares = [
+            math.exp(images[b] @ captions[b] / config.temperature)
+            / (math.exp(images[b] @ captions[b] / config.temperature)
+               + math.exp(images[b] @ outputs["swap_caption"][b] / config.temperature))
+            for b in (0, 2)
+        ]
+        expected["relation_swap_loss"] = -sum(math.log(p) for p in shares) / 2
+    else:
+        expected["relation_swap_loss"] = 0.0
     for name, value in expected.items():
-        assert terms[name] == pytest.approx(value, rel=1e-5), name
+        assert terms[name] == pytest.approx(value, rel=1e-5, abs=1e-9), name
     weighted = (
         config.contrastive_weight * terms["contrastive_loss"]
         + config.triplet_weight * terms["triplet_loss"]
         + config.specificity_weight * terms["specificity_loss"]
+        + config.relation_swap_weight * terms["relation_swap_loss"]
     )
     assert terms["loss"] == pytest.approx(weighted, rel=1e-6)
     if config == LossConfig():

@@ -174,6 +174,34 @@ def test_distinct_phrases_encoded_once_give_the_same_training_outputs(batch: dic
         np.testing.assert_allclose(numpy64(outputs[name]), numpy64(expected[name]), atol=1e-6, err_msg=name)
 
 
+def test_relation_swap_captions_equal_captions_with_exchanged_noun_phrases(batch: dict) -> None:
+    no_dropout = dict(region_dropout=0.0, word_dropout=0.0, composer_dropout=0.0, relation_attention_dropout=0.0)
+    cora = CoraModel(small_model_config(**no_dropout))
+    cora.build()
+    real = (batch["relation_tokens"] != 0).any(-1)
+    slots = np.where(real.any(1), real.sum(1) - 1, -1).astype(np.int32)  # each caption's last relation
+    slots[[1, 5]] = -1  # two captions without a swap
+    ends_differ = batch["relation_subject"][np.arange(BATCH), slots] != batch["relation_object"][np.arange(BATCH), slots]
+    assert (slots >= 0).sum() >= 4 and ends_differ[slots >= 0].all()
+    outputs = {k: numpy64(v) for k, v in cora.encode_captions({**batch, "swap_relation": slots}, training=True).items()}
+    # The reference: the subject's and object's phrases exchanged in the inputs.
+    exchanged = {k: v.copy() for k, v in batch.items()}
+    for b, slot in enumerate(slots):
+        if slot >= 0:
+            ends = [batch["relation_subject"][b, slot], batch["relation_object"][b, slot]]
+            for name in ("entity_tokens", "attribute_tokens"):
+                exchanged[name][b, ends] = batch[name][b, ends[::-1]]
+    expected = numpy64(cora.encode_captions(exchanged, training=True)["caption"])
+    np.testing.assert_allclose(outputs["swap_caption"], expected, atol=1e-6)
+    np.testing.assert_array_equal(outputs["swap_mask"], slots >= 0)
+    # Without a swap the swap caption is the caption; with one it differs.
+    np.testing.assert_allclose(outputs["swap_caption"][slots < 0], outputs["caption"][slots < 0], atol=1e-6)
+    moved = np.abs(outputs["swap_caption"] - outputs["caption"]).max(axis=1)
+    assert (moved[slots >= 0] > 1e-3).all()
+    # Evaluation (training=False) composes no swaps.
+    assert "swap_caption" not in cora.encode_captions({**batch, "swap_relation": slots})
+
+
 # ---------------------------------------------------------------- saving
 
 

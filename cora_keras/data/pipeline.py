@@ -25,10 +25,12 @@ import tensorflow as tf
 
 from cora_keras.config import Config, ModelConfig
 from cora_keras.data.datasets import CAPTIONS_PER_IMAGE, Split
+from cora_keras.data.relation_swaps import swap_relation_slots, symmetric_predicate_rows
 from cora_keras.inputs import (
     CAPTION_INPUTS,
     CAPTION_IMAGE,
     IMAGE_INPUTS,
+    SWAP_RELATION,
     TARGETS,
     caption_specs,
     distinct_phrase_budgets,
@@ -54,6 +56,8 @@ class CaptionEncoder(Protocol):
     def encode(
         self, graph: SceneGraph, rng: Optional[np.random.Generator]
     ) -> Arrays: ...
+
+    def phrase_row(self, text: str) -> np.ndarray: ...
 
 
 class PhraseBudgetError(ValueError):
@@ -259,7 +263,17 @@ class TrainingBatches:
                 f"divide the batch part of {self.part_size} captions"
             )
         self.image_part_size = self.part_size // k
-        self.x_names = (*IMAGE_INPUTS, *CAPTION_INPUTS, *((CAPTION_IMAGE,) if k > 1 else ()))
+        self.swap_rows = (
+            symmetric_predicate_rows(encoder, config.loss.symmetric_predicates)
+            if config.loss.relation_swap_weight > 0
+            else None
+        )
+        self.x_names = (
+            *IMAGE_INPUTS,
+            *CAPTION_INPUTS,
+            *((CAPTION_IMAGE,) if k > 1 else ()),
+            *((SWAP_RELATION,) if self.swap_rows is not None else ()),
+        )
         specs = {**caption_specs(config.model), **target_specs(config.model)}
         self._encoded_specs = {k: v for k, v in specs.items() if k != "image_ids"}
         self.steps_per_epoch = len(self.order(0)) // self.batch_size
@@ -289,6 +303,8 @@ class TrainingBatches:
         With `train.captions_per_image` = k > 1, each k consecutive captions
         show one image: x holds that image once (its region dropout drawn
         with its first caption) and `caption_image` points each caption at it.
+        With `loss.relation_swap_weight` > 0, x holds `swap_relation`, the
+        relation slot the model reverses (`relation_swaps.swap_relation_slots`).
         """
         model = self.config.model
         k = self.captions_per_image
@@ -314,6 +330,8 @@ class TrainingBatches:
         if k > 1:
             x[CAPTION_IMAGE] = np.arange(len(caption_indices), dtype=np.int32) // k
         x.update((name, captions[name]) for name in CAPTION_INPUTS)
+        if self.swap_rows is not None:
+            x[SWAP_RELATION] = swap_relation_slots(captions, self.swap_rows)
         y = {name: captions[name] for name in TARGETS if name != "image_ids"}
         y["image_ids"] = image_ids.astype(np.int32)
         return x, y
@@ -437,6 +455,7 @@ def training_dataset(
         **caption_specs(config.model),
         **target_specs(config.model),
         **({CAPTION_IMAGE: ((), "int32")} if batches.captions_per_image > 1 else {}),
+        **({SWAP_RELATION: ((), "int32")} if batches.swap_rows is not None else {}),
     }
     sizes = {name: batches.image_part_size for name in IMAGE_INPUTS}
 

@@ -18,7 +18,12 @@ class RegionEncoder(keras.layers.Layer):
 
     Linear + MLP(BatchNorm) projection, one self-attention block over the
     regions with sinusoid region positions, a feed-forward residual, then
-    GPO pooling over the valid regions.
+    GPO pooling over the valid regions. With `pair_size` > 0, pairwise
+    relation features are added: ReLU(U r_i + V r_j + b) for every ordered
+    pair (i, j) of the `pair_regions` regions a learned gate rates highest,
+    averaged with the pair's gate weights and projected to D. Unlike
+    pooled single regions, they can say which region stands where relative
+    to which (for relations such as "left of").
 
     Every per-row step runs on packed rows: with `row_budget` set, only the
     valid rows (at most `row_budget` per batch) are computed; padded rows
@@ -30,6 +35,8 @@ class RegionEncoder(keras.layers.Layer):
         num_heads: self-attention heads (16).
         dropout: dropout on the input features and the position codes.
         gpo_hidden: GPO GRU size.
+        pair_size: width of the pairwise relation features (0: none).
+        pair_regions: regions, picked by a learned gate, whose pairs are used.
     """
 
     def __init__(
@@ -38,6 +45,8 @@ class RegionEncoder(keras.layers.Layer):
         num_heads: int = 16,
         dropout: float = 0.1,
         gpo_hidden: int = 32,
+        pair_size: int = 0,
+        pair_regions: int = 12,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -45,6 +54,8 @@ class RegionEncoder(keras.layers.Layer):
         self.num_heads = num_heads
         self.dropout = dropout
         self.gpo_hidden = gpo_hidden
+        self.pair_size = pair_size
+        self.pair_regions = pair_regions
         d = embed_size
         self.input_dropout = keras.layers.Dropout(dropout)
         self.linear = keras.layers.Dense(d, name="linear")
@@ -59,6 +70,12 @@ class RegionEncoder(keras.layers.Layer):
         self.feed_forward_in = keras.layers.Dense(d, name="feed_forward_in")
         self.feed_forward_out = keras.layers.Dense(d, name="feed_forward_out")
         self.gpo = GPO(gpo_hidden, name="gpo")
+        if pair_size:
+            self.pair_first = keras.layers.Dense(pair_size, name="pair_first")
+            self.pair_second = keras.layers.Dense(pair_size, use_bias=False, name="pair_second")
+            self.pair_gate = keras.layers.Dense(1, name="pair_gate")
+            # Zero at the start: the tower begins as the paper's.
+            self.pair_out = keras.layers.Dense(d, kernel_initializer="zeros", name="pair_out")
 
     def build(self, regions_shape, counts_shape=None):
         f, d = regions_shape[-1], self.embed_size
@@ -73,6 +90,11 @@ class RegionEncoder(keras.layers.Layer):
         self.feed_forward_in.build((None, d))
         self.feed_forward_out.build((None, d))
         self.gpo.build((None, None, d))
+        if self.pair_size:
+            self.pair_gate.build((None, d))
+            self.pair_first.build((None, d))
+            self.pair_second.build((None, d))
+            self.pair_out.build((None, self.pair_size))
 
     def call(self, regions, counts, row_budget: int | None = None, training=None):
         n, f, d = regions.shape[1], regions.shape[2], self.embed_size
@@ -99,7 +121,31 @@ class RegionEncoder(keras.layers.Layer):
         features = features + self.attention.out_projection(attended)
         h = ops.relu(self.feed_forward_in(self.feed_forward_norm(features)))
         features = features + self.feed_forward_out(h)
-        return self.gpo(to_slots(features, d), counts)
+        image = self.gpo(to_slots(features, d), counts)
+        if self.pair_size:
+            image = image + self.pair_features(to_slots(features, d), counts)
+        return image
+
+    def pair_features(self, regions, counts):
+        """(B, D) from encoded regions (B, N, D): over the ordered pairs (i, j)
+        of the `pair_regions` valid regions with the highest gate logits,
+        the mean of ReLU(U r_i + V r_j + b) weighted by g_i g_j, projected
+        to D; g = sigmoid(gate(r))."""
+        n = regions.shape[1]
+        k = min(self.pair_regions, n)
+        valid = length_mask(counts, n)
+        logits = ops.squeeze(self.pair_gate(regions), -1)
+        _, top = ops.top_k(ops.where(valid, logits, -1e9), k)
+        flat = top + ops.arange(ops.shape(regions)[0], dtype=top.dtype)[:, None] * n
+        chosen = ops.take(ops.reshape(regions, (-1, regions.shape[2])), flat, axis=0)  # (B, k, D)
+        gates = ops.take(ops.reshape(ops.sigmoid(logits), (-1,)), flat, axis=0)
+        gates = gates * ops.cast(ops.take(ops.reshape(valid, (-1,)), flat, axis=0), gates.dtype)
+        first, second = self.pair_first(chosen), self.pair_second(chosen)
+        pairs = ops.relu(first[:, :, None, :] + second[:, None, :, :])
+        weights = gates[:, :, None] * gates[:, None, :]
+        total = ops.einsum("bijp,bij->bp", pairs, weights)
+        count = ops.sum(weights, axis=(1, 2))[:, None]
+        return self.pair_out(total / ops.maximum(count, 1e-6))
 
     def get_config(self):
         config = super().get_config()
@@ -108,5 +154,7 @@ class RegionEncoder(keras.layers.Layer):
             num_heads=self.num_heads,
             dropout=self.dropout,
             gpo_hidden=self.gpo_hidden,
+            pair_size=self.pair_size,
+            pair_regions=self.pair_regions,
         )
         return config

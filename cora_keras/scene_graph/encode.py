@@ -185,6 +185,12 @@ class GraphEncoder:
             self._encode_into(graph, draw, arrays, row)
         return arrays
 
+    def phrase_row(self, text: str) -> np.ndarray:
+        """(T,) token row of a phrase as evaluation writes it (truncated to fit)."""
+        row = np.zeros(self.max_tokens, dtype=np.int32)
+        self.tokens.write(row, self.tokens.fit(self.tokens.words(text)))
+        return row
+
     # ---------------------------------------------------------- phrases
 
     def _perturb(self, ids: Sequence[Unit], draw: _Uniforms) -> Sequence[Unit]:

@@ -23,6 +23,7 @@ from cora_keras.data.pipeline import (
     region_keep_mask,
     training_dataset,
 )
+from cora_keras.data.relation_swaps import swap_relation_slots
 from cora_keras.inputs import CAPTION_INPUTS, IMAGE_INPUTS, TARGETS
 from cora_keras.scene_graph.encode import GraphEncoder
 from cora_keras.scene_graph.schema import Entity, Relation, SceneGraph
@@ -484,3 +485,21 @@ def test_captions_per_image_must_divide_the_batch(split, k):
     config.train.captions_per_image = k
     with pytest.raises(ValueError, match="captions_per_image"):
         TrainingBatches(split, _encoder(split, config), config, seed=0)
+
+
+def test_relation_swap_slots_ride_along_only_with_the_swap_term(split):
+    config = _config(batch_size=6)
+    encoder = _encoder(split, config)
+    indices = np.arange(6)
+    x, _ = TrainingBatches(split, encoder, config, seed=0).batch(0, indices)
+    assert "swap_relation" not in x
+    config.loss.relation_swap_weight = 1.0
+    x, _ = TrainingBatches(split, encoder, config, seed=0).batch(0, indices)
+    assert (x["swap_relation"] == -1).all()  # every predicate here is "near", symmetric
+    config.loss.symmetric_predicates = []
+    x, _ = TrainingBatches(split, encoder, config, seed=0).batch(0, indices)
+    expected = swap_relation_slots(x, frozenset())
+    np.testing.assert_array_equal(x["swap_relation"], expected)
+    assert (expected == 0).any() and (expected == -1).any()
+    x_spec, _ = training_dataset(split, encoder, config, seed=0).element_spec
+    assert x_spec["swap_relation"].shape == (6,)
