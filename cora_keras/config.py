@@ -72,12 +72,12 @@ class ModelConfig:
     relation_attention_dropout: float = 0.05
     gpo_hidden: int = 32
     # Width of the image tower's pairwise relation features (0: off, the
-    # paper's tower). Each ordered pair of regions (i, j) gives
-    # ReLU(U r_i + V r_j), averaged over the pairs and added to the pooled
+    # paper's tower). Each ordered pair (i, j) of the region_pair_regions
+    # regions a learned gate rates highest gives ReLU(U r_i + V r_j + b);
+    # their gate-weighted mean, projected to D, is added to the pooled
     # image embedding, so "which object stands where relative to which"
-    # survives pooling.
+    # can survive pooling (layers/region_encoder.py).
     region_pair_size: int = 0
-    # Regions (those a learned gate rates highest) whose pairs are used.
     region_pair_regions: int = 12
 
 
