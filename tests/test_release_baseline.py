@@ -107,5 +107,8 @@ def test_objective_equals_the_library_objective() -> None:
     got = baseline.release_objective(
         {k: torch.from_numpy(v) for k, v in outputs.items()}, baseline.padded_targets(targets), config
     )
-    for name, value in expected.items():
-        np.testing.assert_allclose(float(got[name]), float(ops.convert_to_numpy(value)), rtol=1e-5)
+    for name, value in got.items():
+        np.testing.assert_allclose(float(value), float(ops.convert_to_numpy(expected[name])), rtol=1e-5)
+    # The release has no relation-swap term; off (the default) it is 0 here too.
+    assert set(expected) - set(got) == {"relation_swap_loss"}
+    assert float(ops.convert_to_numpy(expected["relation_swap_loss"])) == 0.0
