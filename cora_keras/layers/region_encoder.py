@@ -97,6 +97,15 @@ class RegionEncoder(keras.layers.Layer):
             self.pair_out.build((None, self.pair_size))
 
     def call(self, regions, counts, row_budget: int | None = None, training=None):
+        features = self.encode_regions(regions, counts, row_budget, training=training)
+        image = self.gpo(features, counts)
+        if self.pair_size:
+            image = image + self.pair_features(features, counts)
+        return image
+
+    def encode_regions(self, regions, counts, row_budget: int | None = None, training=None):
+        """(B, N, D) encoded regions, the input of GPO: steps 1-5 of MODEL.md 1
+        (padded rows zero)."""
         n, f, d = regions.shape[1], regions.shape[2], self.embed_size
         valid = ops.reshape(length_mask(counts, n), (-1,))
         slots, present, inverse = pack_slots(valid, row_budget)
@@ -120,11 +129,7 @@ class RegionEncoder(keras.layers.Layer):
         attended = to_rows(self.attention.attend(qkv, length_mask(counts, n)), d)
         features = features + self.attention.out_projection(attended)
         h = ops.relu(self.feed_forward_in(self.feed_forward_norm(features)))
-        features = features + self.feed_forward_out(h)
-        image = self.gpo(to_slots(features, d), counts)
-        if self.pair_size:
-            image = image + self.pair_features(to_slots(features, d), counts)
-        return image
+        return to_slots(features + self.feed_forward_out(h), d)
 
     def pair_features(self, regions, counts):
         """(B, D) from encoded regions (B, N, D): over the ordered pairs (i, j)
