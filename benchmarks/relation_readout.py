@@ -100,15 +100,15 @@ def identity_share(rows, entities, scenes, facts, fit: int) -> tuple[float, int]
     return hits / max(total, 1), total
 
 
-def direction_share(rows, entities, scenes, facts, readout, fit: int, tau: float | None) -> tuple[float, int]:
-    """Share of held-out axis relations whose read-out positions order subject
-    and object as the predicate says; tau None takes the object's true rows."""
+def direction_share(rows, entities, scenes, facts, positions, fit: int, tau: float | None) -> tuple[float, int]:
+    """Share of held-out axis relations whose read-out positions (n, N, 3)
+    order subject and object as the predicate says; tau None takes the
+    object's true rows."""
     right = total = 0
     for c, f in enumerate(facts):
         if f.image < fit:
             continue
-        image_rows = rows[f.image]
-        positions = readout(image_rows)
+        image_rows, image_positions = rows[f.image], positions[f.image]
         for relation in f.relations:
             if relation.predicate not in AXES:
                 continue
@@ -116,11 +116,11 @@ def direction_share(rows, entities, scenes, facts, readout, fit: int, tau: float
             ends = []
             for e in (relation.subject, relation.object):
                 if tau is None:
-                    ends.append(positions[object_rows(scenes[f.image], f.objects[e]), axis].mean())
+                    ends.append(image_positions[object_rows(scenes[f.image], f.objects[e]), axis].mean())
                 else:
                     logits = image_rows @ entities[c, e] / tau
                     weights = np.exp(logits - logits.max())
-                    ends.append(weights @ positions[:, axis] / weights.sum())
+                    ends.append(weights @ image_positions[:, axis] / weights.sum())
             right += int(sign * (ends[1] - ends[0]) > 0)
             total += 1
     return right / max(total, 1), total
@@ -151,11 +151,11 @@ def main() -> None:
     for name, source in (("raw region rows", np.asarray(raw)), ("encoded regions", rows)):
         r2 = PositionReadout(source, scenes, args.fit_images).r2
         print(f"position R^2 from {name:<16} x {r2[0]:.3f}  y {r2[1]:.3f}  depth {r2[2]:.3f}")
-    readout = PositionReadout(rows, scenes, args.fit_images)
+    positions = PositionReadout(rows, scenes, args.fit_images)(rows.reshape(-1, rows.shape[-1])).reshape(*rows.shape[:2], 3)
     share, count = identity_share(rows, entities, scenes, facts, args.fit_images)
     print(f"identity: an object's mean row scores its own entity highest in {100 * share:.1f}% of {count}")
     for tau in (None, *TAUS):
-        share, count = direction_share(rows, entities, scenes, facts, readout, args.fit_images, tau)
+        share, count = direction_share(rows, entities, scenes, facts, positions, args.fit_images, tau)
         source = "the objects' true rows" if tau is None else f"rows weighted by softmax(row . entity / {tau})"
         print(f"direction from {source:<45} {100 * share:.1f}% of {count} relations")
 
