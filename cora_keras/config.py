@@ -79,6 +79,13 @@ class ModelConfig:
     # can survive pooling (layers/region_encoder.py).
     region_pair_size: int = 0
     region_pair_regions: int = 12
+    # Spatial binding axes (0: off, the paper's model). With K > 0 both
+    # embeddings gain K*D dimensions whose dot product scores a caption's
+    # relations against where the image's regions read out their entities
+    # (layers/spatial_binding.py): image and caption embeddings are then
+    # (1 + K) * D wide, the main D dimensions unit length.
+    binding_axes: int = 0
+    binding_hidden: int = 64
 
 
 @dataclass
@@ -104,6 +111,12 @@ class LossConfig:
     symmetric_predicates: list[str] = field(
         default_factory=lambda: ["next to", "near", "beside", "by", "with", "and", "along", "alongside"]
     )
+    # Region-entity term: each caption entity's best-matching region row
+    # in its own image must beat the best row of every other image of the
+    # batch (softmax at this temperature). It teaches regions which entity
+    # they show, which a relation read-out needs. 0 turns it off.
+    region_entity_weight: float = 0.0
+    region_entity_temperature: float = 0.05
 
 
 @dataclass

@@ -112,6 +112,25 @@ def relation_swap_loss(images, captions, swaps, swap_mask, temperature=0.05):
     return ops.sum(ops.softplus(margin) * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
+def region_entity_cost(rows, counts, entities, entity_mask, owner, temperature=0.05):
+    """(B,) region-entity cost of each caption: over its real entities, the
+    sum of -log softmax_i(max_r rows[i, r] . entity / tau) at its own image.
+
+    Args:
+        rows: (I, N, D) unit encoded region rows of the batch's images.
+        counts: (I,) valid rows per image.
+        entities: (B, E, D) unit entity embeddings; entity_mask (B, E).
+        owner: (B,) index in [0, I) of each caption's image.
+    """
+    n = rows.shape[1]
+    valid = ops.arange(n)[None, :] < ops.cast(counts, "int32")[:, None]  # (I, N)
+    scores = ops.einsum("bed,ind->bein", entities, rows)
+    best = ops.max(ops.where(valid[None, None], scores, -1e4), axis=-1) / temperature  # (B, E, I)
+    own = ops.take_along_axis(best, ops.cast(owner, "int32")[:, None, None], axis=-1)[..., 0]
+    cost = ops.logsumexp(best, axis=-1) - own
+    return ops.sum(cost * ops.cast(entity_mask, cost.dtype), axis=-1)
+
+
 def contrastive_positives(targets, entity_mask, pool_same_image=False):
     """(B, B + B*E) positive mask of term (a) from the objective's targets.
 
@@ -143,7 +162,9 @@ def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False)
     Args:
         outputs: `CoraModel` outputs (`image`, `caption`, `entities`,
             `entity_mask`; `swap_caption` and `swap_mask` when training
-            with relation swaps, else the swap term is 0).
+            with relation swaps, else the swap term is 0;
+            `region_entity_cost` when training with the region-entity
+            term, else it is 0).
         targets: the targets of `cora_keras.inputs`.
         config: a `LossConfig` (weights, margins, temperature).
         hardest: 1 for the max-violation triplet, 0 for its warm-up form
@@ -170,11 +191,18 @@ def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False)
         )
     else:
         swap = ops.zeros_like(contrastive)
+    if "region_entity_cost" in outputs:
+        region_entity = ops.sum(outputs["region_entity_cost"]) / ops.maximum(
+            ops.sum(ops.cast(entity_mask, "float32")), 1.0
+        )
+    else:
+        region_entity = ops.zeros_like(contrastive)
     total = (
         config.contrastive_weight * contrastive
         + config.triplet_weight * triplet
         + config.specificity_weight * specificity
         + config.relation_swap_weight * swap
+        + config.region_entity_weight * region_entity
     )
     return {
         "loss": total,
@@ -182,4 +210,5 @@ def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False)
         "triplet_loss": triplet,
         "specificity_loss": specificity,
         "relation_swap_loss": swap,
+        "region_entity_loss": region_entity,
     }

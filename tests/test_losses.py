@@ -13,6 +13,7 @@ from cora_keras.losses import (
     cora_objective,
     entity_match,
     hardest_triplet_loss,
+    region_entity_cost,
     relation_swap_loss,
     same_image,
     specificity_loss,
@@ -142,6 +143,29 @@ def test_relation_swap_by_hand() -> None:
     assert _value(loss) == pytest.approx(math.log(1 + math.exp(-2.0)), rel=1e-6)
     none = relation_swap_loss(images, captions, swaps, np.array([False, False]), temperature=0.5)
     assert _value(none) == 0.0
+
+
+# ------------------------------------------------------ region-entity
+
+
+def test_region_entity_cost_by_loops() -> None:
+    rng = np.random.default_rng(5)
+    counts = np.array([4, 1, 3])
+    rows = _unit(rng.standard_normal((3, 4, 6))) * (np.arange(4)[None, :] < counts[:, None])[..., None]
+    entities = _unit(rng.standard_normal((4, 2, 6)))
+    entity_mask = np.array([[True, True], [True, False], [False, False], [True, True]])
+    owner = np.array([0, 0, 1, 2])
+    got = numpy64(region_entity_cost(rows, counts, entities, entity_mask, owner, temperature=0.1))
+    for b in range(4):
+        expected = 0.0
+        for e in range(2):
+            if not entity_mask[b, e]:
+                continue
+            # Best valid row of each image: padded rows (zero) never count.
+            best = [max(float(rows[i, r] @ entities[b, e]) for r in range(counts[i])) / 0.1 for i in range(3)]
+            expected += math.log(sum(math.exp(v) for v in best)) - best[owner[b]]
+        assert got[b] == pytest.approx(expected, rel=1e-5, abs=1e-9), b
+    assert got[2] == 0.0
 
 
 # ----------------------------------------------------------- triplet
@@ -292,8 +316,9 @@ def test_pooled_positives_give_rows_of_one_image_the_union_of_their_graphs() -> 
             specificity_weight=5.0,
         ),
         LossConfig(temperature=0.05, relation_swap_weight=0.5),
+        LossConfig(temperature=0.05, region_entity_weight=2.0),
     ],
-    ids=["paper", "custom", "relation_swap"],
+    ids=["paper", "custom", "relation_swap", "region_entity"],
 )
 def test_objective_terms_and_weights(config: LossConfig) -> None:
     rng = np.random.default_rng(3)
@@ -308,6 +333,8 @@ def test_objective_terms_and_weights(config: LossConfig) -> None:
     if config.relation_swap_weight:
         outputs["swap_caption"] = _unit(rng.standard_normal((3, 4)))
         outputs["swap_mask"] = np.array([True, False, True])
+    if config.region_entity_weight:
+        outputs["region_entity_cost"] = np.array([0.5, 1.25, 2.0], np.float32)
     terms = {name: _value(value) for name, value in cora_objective(outputs, targets, config).items()}
 
     real = entity_mask.reshape(-1)
@@ -333,6 +360,8 @@ def test_objective_terms_and_weights(config: LossConfig) -> None:
         expected["relation_swap_loss"] = -sum(math.log(p) for p in shares) / 2
     else:
         expected["relation_swap_loss"] = 0.0
+    # The captions' summed entity costs over the number of real entities.
+    expected["region_entity_loss"] = 3.75 / entity_mask.sum() if config.region_entity_weight else 0.0
     for name, value in expected.items():
         assert terms[name] == pytest.approx(value, rel=1e-5, abs=1e-9), name
     weighted = (
@@ -340,6 +369,7 @@ def test_objective_terms_and_weights(config: LossConfig) -> None:
         + config.triplet_weight * terms["triplet_loss"]
         + config.specificity_weight * terms["specificity_loss"]
         + config.relation_swap_weight * terms["relation_swap_loss"]
+        + config.region_entity_weight * terms["region_entity_loss"]
     )
     assert terms["loss"] == pytest.approx(weighted, rel=1e-6)
     if config == LossConfig():

@@ -174,10 +174,29 @@ def test_distinct_phrases_encoded_once_give_the_same_training_outputs(batch: dic
         np.testing.assert_allclose(numpy64(outputs[name]), numpy64(expected[name]), atol=1e-6, err_msg=name)
 
 
-def test_relation_swap_captions_equal_captions_with_exchanged_noun_phrases(batch: dict) -> None:
-    no_dropout = dict(region_dropout=0.0, word_dropout=0.0, composer_dropout=0.0, relation_attention_dropout=0.0)
-    cora = CoraModel(small_model_config(**no_dropout))
+NO_DROPOUT = dict(region_dropout=0.0, word_dropout=0.0, composer_dropout=0.0, relation_attention_dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def bound_model() -> CoraModel:
+    """Two spatial binding axes, the region-entity term on, no dropout; the
+    binding's predicate read-out random so that its part is not zero."""
+    cora = CoraModel(small_model_config(binding_axes=2, **NO_DROPOUT), LossConfig(region_entity_weight=1.0))
     cora.build()
+    signs = cora.spatial_binding.predicate_signs
+    signs.kernel.assign(np.random.default_rng(4).normal(0.0, 0.5, signs.kernel.shape).astype("float32"))
+    return cora
+
+
+@pytest.mark.parametrize("bound", [False, True], ids=["plain", "spatial_binding"])
+def test_relation_swap_captions_equal_captions_with_exchanged_noun_phrases(
+    batch: dict, bound: bool, request
+) -> None:
+    if bound:
+        cora = request.getfixturevalue("bound_model")
+    else:
+        cora = CoraModel(small_model_config(**NO_DROPOUT))
+        cora.build()
     real = (batch["relation_tokens"] != 0).any(-1)
     slots = np.where(real.any(1), real.sum(1) - 1, -1).astype(np.int32)  # each caption's last relation
     slots[[1, 5]] = -1  # two captions without a swap
@@ -192,6 +211,9 @@ def test_relation_swap_captions_equal_captions_with_exchanged_noun_phrases(batch
             for name in ("entity_tokens", "attribute_tokens"):
                 exchanged[name][b, ends] = batch[name][b, ends[::-1]]
     expected = numpy64(cora.encode_captions(exchanged, training=True)["caption"])
+    if bound:  # only the binding part is swapped; the main dimensions stay the caption's
+        d = CONFIG.embed_size
+        expected[:, :d] = outputs["caption"][:, :d]
     np.testing.assert_allclose(outputs["swap_caption"], expected, atol=1e-6)
     np.testing.assert_array_equal(outputs["swap_mask"], slots >= 0)
     # Without a swap the swap caption is the caption; with one it differs.
@@ -200,6 +222,31 @@ def test_relation_swap_captions_equal_captions_with_exchanged_noun_phrases(batch
     assert (moved[slots >= 0] > 1e-3).all()
     # Evaluation (training=False) composes no swaps.
     assert "swap_caption" not in cora.encode_captions({**batch, "swap_relation": slots})
+
+
+def test_spatial_binding_widens_both_embeddings_past_unit_main_dimensions(bound_model, batch: dict) -> None:
+    d = CONFIG.embed_size
+    outputs = _outputs(bound_model, batch)
+    for name in ("image", "caption"):
+        assert outputs[name].shape == (BATCH, 3 * d), name
+        np.testing.assert_allclose(np.linalg.norm(outputs[name][:, :d], axis=1), 1.0, atol=1e-5, err_msg=name)
+        assert np.abs(outputs[name][:, d:]).max() > 1e-3, name
+    # Entities are scored on the main dimensions only.
+    assert outputs["entities"].shape == (BATCH, CONFIG.max_entities, 3 * d)
+    assert np.abs(outputs["entities"][..., d:]).max() == 0.0
+
+
+def test_region_entity_cost_scores_each_entity_against_every_image_of_the_batch(bound_model, batch: dict) -> None:
+    outputs = {k: numpy64(v) for k, v in bound_model(batch, training=True).items()}
+    rows = numpy64(bound_model.region_encoder.encode_regions(batch["regions"], batch["region_counts"], training=True))
+    rows = rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-6)
+    expected = losses.region_entity_cost(
+        rows, batch["region_counts"], outputs["entities"][..., : CONFIG.embed_size], outputs["entity_mask"],
+        np.arange(BATCH), LossConfig().region_entity_temperature,
+    )
+    np.testing.assert_allclose(outputs["region_entity_cost"], numpy64(expected), rtol=1e-5, atol=1e-5)
+    assert outputs["region_entity_cost"].shape == (BATCH,) and (outputs["region_entity_cost"] > 0).all()
+    assert "region_entity_cost" not in bound_model(batch)  # evaluation adds no cost
 
 
 # ---------------------------------------------------------------- saving

@@ -97,7 +97,10 @@ class RegionEncoder(keras.layers.Layer):
             self.pair_out.build((None, self.pair_size))
 
     def call(self, regions, counts, row_budget: int | None = None, training=None):
-        features = self.encode_regions(regions, counts, row_budget, training=training)
+        return self.pool(self.encode_regions(regions, counts, row_budget, training=training), counts)
+
+    def pool(self, features, counts):
+        """(B, N, D) encoded regions -> (B, D): GPO (plus the pair features)."""
         image = self.gpo(features, counts)
         if self.pair_size:
             image = image + self.pair_features(features, counts)
