@@ -117,6 +117,13 @@ class LossConfig:
     # they show, which a relation read-out needs. 0 turns it off.
     region_entity_weight: float = 0.0
     region_entity_temperature: float = 0.05
+    # Relation read-out term (with model.binding_axes > 0): each training
+    # relation's predicate read-out times the difference of its two
+    # entities' coordinates, each taken from the image's rows weighted by
+    # softmax(row . entity / temperature), must be positive (softplus).
+    # It trains the binding where its own dot product gives no signal. 0: off.
+    relation_readout_weight: float = 0.0
+    relation_readout_temperature: float = 0.05
 
 
 @dataclass

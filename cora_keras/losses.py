@@ -131,6 +131,35 @@ def region_entity_cost(rows, counts, entities, entity_mask, owner, temperature=0
     return ops.sum(cost * ops.cast(entity_mask, cost.dtype), axis=-1)
 
 
+def relation_readout_cost(rows, counts, places, subjects, objects, image, signs, temperature=0.05):
+    """(Pr,) relation read-out cost: softplus(-sum_k q_k (P_k(s) - P_k(o))),
+    P(x) the coordinates of the relation's image rows averaged with
+    softmax(row . x / tau) weights, q the predicate read-out.
+
+    It trains the spatial binding's coordinates and predicate read-out
+    with each entity's own regions picked out sharply, which the
+    binding's linear weighting of every row cannot do from a start.
+
+    Args:
+        rows: (I, N, D) unit encoded region rows; counts (I,) valid rows.
+        places: (I, N, K) the rows' coordinates.
+        subjects, objects: (Pr, D) unit entity embeddings of each relation's ends.
+        image: (Pr,) index in [0, I) of each relation's image.
+        signs: (Pr, K) predicate read-out (zero rows for padding).
+    """
+    n = rows.shape[1]
+    valid = ops.take(ops.arange(n)[None, :] < ops.cast(counts, "int32")[:, None], image, axis=0)
+    own_rows, own_places = ops.take(rows, image, axis=0), ops.take(places, image, axis=0)
+
+    def position(entity):
+        scores = ops.einsum("pnd,pd->pn", own_rows, entity) / temperature
+        weights = ops.softmax(ops.where(valid, scores, -1e4), axis=-1)
+        return ops.einsum("pn,pnk->pk", weights, own_places)
+
+    difference = position(subjects) - position(objects)
+    return ops.softplus(-ops.sum(ops.multiply(signs, difference), axis=-1))
+
+
 def contrastive_positives(targets, entity_mask, pool_same_image=False):
     """(B, B + B*E) positive mask of term (a) from the objective's targets.
 
@@ -164,7 +193,8 @@ def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False)
             `entity_mask`; `swap_caption` and `swap_mask` when training
             with relation swaps, else the swap term is 0;
             `region_entity_cost` when training with the region-entity
-            term, else it is 0).
+            term, `relation_readout_cost` and `relation_readout_real`
+            with the relation read-out term, else they are 0).
         targets: the targets of `cora_keras.inputs`.
         config: a `LossConfig` (weights, margins, temperature).
         hardest: 1 for the max-violation triplet, 0 for its warm-up form
@@ -197,12 +227,18 @@ def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False)
         )
     else:
         region_entity = ops.zeros_like(contrastive)
+    if "relation_readout_cost" in outputs:
+        real = ops.cast(outputs["relation_readout_real"], "float32")
+        readout = ops.sum(ops.multiply(outputs["relation_readout_cost"], real)) / ops.maximum(ops.sum(real), 1.0)
+    else:
+        readout = ops.zeros_like(contrastive)
     total = (
         config.contrastive_weight * contrastive
         + config.triplet_weight * triplet
         + config.specificity_weight * specificity
         + config.relation_swap_weight * swap
         + config.region_entity_weight * region_entity
+        + config.relation_readout_weight * readout
     )
     return {
         "loss": total,
@@ -211,4 +247,5 @@ def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False)
         "specificity_loss": specificity,
         "relation_swap_loss": swap,
         "region_entity_loss": region_entity,
+        "relation_readout_loss": readout,
     }

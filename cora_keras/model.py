@@ -26,6 +26,7 @@ from cora_keras.layers.spatial_binding import SpatialBinding
 
 LOSS_TERMS = (
     "loss", "contrastive_loss", "triplet_loss", "specificity_loss", "relation_swap_loss", "region_entity_loss",
+    "relation_readout_loss",
 )
 
 
@@ -97,6 +98,8 @@ class CoraModel(keras.Model):
         if self.built:
             return
         example = example_inputs(self.model_config, batch_size=1)
+        # The image tower runs its parts (encode_regions, pool), not its call.
+        self.region_encoder.build(example["regions"].shape)
         self.encode_images(example)
         self.encode_captions(example)
         self.built = True
@@ -133,9 +136,15 @@ class CoraModel(keras.Model):
 
     def encode_captions(self, inputs, training=None):
         """Normalised `caption` (B, D), `entities` (B, E, D) and `entity_mask` (B, E)."""
+        return self._caption_tower(inputs, training)[0]
+
+    def _caption_tower(self, inputs, training):
+        """The caption outputs and what a relation term reads of the text
+        graph: `graph`, unit packed `entities`, encoded `predicates` (None
+        for the bag-of-words ablation)."""
         c = self.model_config
         if c.text_encoder == "bow":
-            return self._encode_bags_of_words(inputs)
+            return self._encode_bags_of_words(inputs), None
         e_max = c.max_entities
         entity_tokens = inputs["entity_tokens"]
         batch = entity_tokens.shape[0]
@@ -192,7 +201,7 @@ class CoraModel(keras.Model):
                     self.relation_composer(ops.take(entities, order, axis=0), predicates, graph, training=training)
                 )
             outputs["swap_mask"] = inputs[SWAP_RELATION] >= 0
-        return outputs
+        return outputs, {"graph": graph, "entities": unit_entities, "predicates": predicates}
 
     def _encode_phrases(self, tokens, kind: str, distinct_budget: int | None):
         """(P, T) phrase tokens -> (P, W); with a budget, each distinct phrase
@@ -232,18 +241,36 @@ class CoraModel(keras.Model):
         return total / ops.maximum(ops.sum(mask, axis=-2), 1.0)
 
     def call(self, inputs, training=None):
-        outputs = self.encode_captions(inputs, training=training)
+        outputs, text = self._caption_tower(inputs, training)
         image, rows = self._image_tower(inputs, training)
         owner = inputs[CAPTION_IMAGE] if CAPTION_IMAGE in inputs else ops.arange(ops.shape(image)[0])
-        if training and self.loss_config.region_entity_weight:
-            # Per caption, against this replica's images (the rows are not
-            # gathered across replicas).
+        loss = self.loss_config
+        # The region terms compare this replica's captions with this
+        # replica's images (rows are not gathered across replicas).
+        if training and loss.region_entity_weight:
             outputs["region_entity_cost"] = losses.region_entity_cost(
                 rows, inputs["region_counts"], outputs["entities"][..., : self.model_config.embed_size],
-                outputs["entity_mask"], owner, self.loss_config.region_entity_temperature,
+                outputs["entity_mask"], owner, loss.region_entity_temperature,
             )
+        if training and loss.relation_readout_weight and self.spatial_binding is not None:
+            outputs.update(self._relation_readout(text, rows, inputs["region_counts"], owner))
         outputs["image"] = ops.take(image, owner, axis=0) if CAPTION_IMAGE in inputs else image
         return outputs
+
+    def _relation_readout(self, text, rows, counts, owner):
+        """`relation_readout_cost` and `relation_readout_real` (Pr,) of the
+        packed relations (see `losses.relation_readout_cost`); like the
+        binding, it reads rows and entities without training them."""
+        binding, graph, entities = self.spatial_binding, text["graph"], ops.stop_gradient(text["entities"])
+        subject, obj, real, signs = binding.relations(text["predicates"], graph, ops.shape(entities)[0])
+        caption = ops.take(graph["entity_slot"], subject, axis=0) // self.model_config.max_entities
+        rows = ops.stop_gradient(rows)
+        cost = losses.relation_readout_cost(
+            rows, counts, binding.places(rows, counts), ops.take(entities, subject, axis=0),
+            ops.take(entities, obj, axis=0), ops.take(owner, caption, axis=0), signs,
+            self.loss_config.relation_readout_temperature,
+        )
+        return {"relation_readout_cost": cost, "relation_readout_real": real}
 
     # ------------------------------------------------------------- objective
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

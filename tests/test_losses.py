@@ -14,6 +14,7 @@ from cora_keras.losses import (
     entity_match,
     hardest_triplet_loss,
     region_entity_cost,
+    relation_readout_cost,
     relation_swap_loss,
     same_image,
     specificity_loss,
@@ -168,6 +169,26 @@ def test_region_entity_cost_by_loops() -> None:
     assert got[2] == 0.0
 
 
+def test_relation_readout_cost_by_loops() -> None:
+    rng = np.random.default_rng(6)
+    counts = np.array([3, 2])
+    rows = _unit(rng.standard_normal((2, 3, 4))) * (np.arange(3)[None, :] < counts[:, None])[..., None]
+    places = rng.uniform(-1, 1, (2, 3, 2)).astype(np.float32)
+    subjects, objects = _unit(rng.standard_normal((3, 4))), _unit(rng.standard_normal((3, 4)))
+    image = np.array([0, 1, 1])
+    signs = rng.standard_normal((3, 2)).astype(np.float32)
+    got = numpy64(relation_readout_cost(rows, counts, places, subjects, objects, image, signs, temperature=0.2))
+
+    def position(entity, i):
+        weights = [math.exp(float(rows[i, r] @ entity) / 0.2) for r in range(counts[i])]
+        return sum(w * places[i, r] for r, w in enumerate(weights)) / sum(weights)
+
+    for p in range(3):
+        i = image[p]
+        score = float(signs[p] @ (position(subjects[p], i) - position(objects[p], i)))
+        assert got[p] == pytest.approx(math.log1p(math.exp(-score)), rel=1e-5), p
+
+
 # ----------------------------------------------------------- triplet
 
 
@@ -317,8 +338,9 @@ def test_pooled_positives_give_rows_of_one_image_the_union_of_their_graphs() -> 
         ),
         LossConfig(temperature=0.05, relation_swap_weight=0.5),
         LossConfig(temperature=0.05, region_entity_weight=2.0),
+        LossConfig(temperature=0.05, relation_readout_weight=3.0),
     ],
-    ids=["paper", "custom", "relation_swap", "region_entity"],
+    ids=["paper", "custom", "relation_swap", "region_entity", "relation_readout"],
 )
 def test_objective_terms_and_weights(config: LossConfig) -> None:
     rng = np.random.default_rng(3)
@@ -335,6 +357,9 @@ def test_objective_terms_and_weights(config: LossConfig) -> None:
         outputs["swap_mask"] = np.array([True, False, True])
     if config.region_entity_weight:
         outputs["region_entity_cost"] = np.array([0.5, 1.25, 2.0], np.float32)
+    if config.relation_readout_weight:  # four packed relations, the last padding
+        outputs["relation_readout_cost"] = np.array([0.25, 1.0, 0.5, 9.0], np.float32)
+        outputs["relation_readout_real"] = np.array([1.0, 1.0, 1.0, 0.0], np.float32)
     terms = {name: _value(value) for name, value in cora_objective(outputs, targets, config).items()}
 
     real = entity_mask.reshape(-1)
@@ -362,6 +387,7 @@ def test_objective_terms_and_weights(config: LossConfig) -> None:
         expected["relation_swap_loss"] = 0.0
     # The captions' summed entity costs over the number of real entities.
     expected["region_entity_loss"] = 3.75 / entity_mask.sum() if config.region_entity_weight else 0.0
+    expected["relation_readout_loss"] = 1.75 / 3 if config.relation_readout_weight else 0.0
     for name, value in expected.items():
         assert terms[name] == pytest.approx(value, rel=1e-5, abs=1e-9), name
     weighted = (
@@ -370,6 +396,7 @@ def test_objective_terms_and_weights(config: LossConfig) -> None:
         + config.specificity_weight * terms["specificity_loss"]
         + config.relation_swap_weight * terms["relation_swap_loss"]
         + config.region_entity_weight * terms["region_entity_loss"]
+        + config.relation_readout_weight * terms["relation_readout_loss"]
     )
     assert terms["loss"] == pytest.approx(weighted, rel=1e-6)
     if config == LossConfig():

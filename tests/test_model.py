@@ -181,7 +181,10 @@ NO_DROPOUT = dict(region_dropout=0.0, word_dropout=0.0, composer_dropout=0.0, re
 def bound_model() -> CoraModel:
     """Two spatial binding axes, the region-entity term on, no dropout; the
     binding's predicate read-out random so that its part is not zero."""
-    cora = CoraModel(small_model_config(binding_axes=2, **NO_DROPOUT), LossConfig(region_entity_weight=1.0))
+    cora = CoraModel(
+        small_model_config(binding_axes=2, **NO_DROPOUT),
+        LossConfig(region_entity_weight=1.0, relation_readout_weight=1.0),
+    )
     cora.build()
     signs = cora.spatial_binding.predicate_signs
     signs.kernel.assign(np.random.default_rng(4).normal(0.0, 0.5, signs.kernel.shape).astype("float32"))
@@ -247,6 +250,35 @@ def test_region_entity_cost_scores_each_entity_against_every_image_of_the_batch(
     np.testing.assert_allclose(outputs["region_entity_cost"], numpy64(expected), rtol=1e-5, atol=1e-5)
     assert outputs["region_entity_cost"].shape == (BATCH,) and (outputs["region_entity_cost"] > 0).all()
     assert "region_entity_cost" not in bound_model(batch)  # evaluation adds no cost
+
+
+def test_relation_readout_cost_reads_each_relation_in_its_own_image(bound_model, batch: dict) -> None:
+    d, binding = CONFIG.embed_size, bound_model.spatial_binding
+    outputs = {k: numpy64(v) for k, v in bound_model(batch, training=True).items()}
+    rows = numpy64(bound_model.region_encoder.encode_regions(batch["regions"], batch["region_counts"], training=True))
+    rows = rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-6)
+    places = numpy64(binding.places(rows.astype("float32"), batch["region_counts"]))
+    predicates = bound_model._caption_tower(batch, training=True)[1]["predicates"]
+    signs = numpy64(binding.predicate_signs(predicates))
+    expected = []
+    for b in range(BATCH):
+        real_entities = (batch["entity_tokens"][b] != 0).any(-1)
+        for k in range(CONFIG.max_caption_relations):
+            s, o = batch["relation_subject"][b, k], batch["relation_object"][b, k]
+            if not ((batch["relation_tokens"][b, k] != 0).any() and real_entities[s] and real_entities[o]):
+                continue
+            valid = np.arange(CONFIG.num_regions) < batch["region_counts"][b]
+
+            def position(entity):
+                weights = np.exp(rows[b][valid] @ entity / LossConfig().relation_readout_temperature)
+                return (weights / weights.sum()) @ places[b][valid]
+
+            expected.append((b, k, position(outputs["entities"][b, s, :d]) - position(outputs["entities"][b, o, :d])))
+    real = outputs["relation_readout_real"] > 0
+    assert real.sum() == len(expected) >= 4
+    # Packed relations keep caption order: the k-th real one is the k-th of the loop.
+    for (b, k, difference), sign, cost in zip(expected, signs[real], outputs["relation_readout_cost"][real]):
+        assert cost == pytest.approx(np.log1p(np.exp(-float(sign @ difference))), rel=1e-4, abs=1e-6), (b, k)
 
 
 # ---------------------------------------------------------------- saving

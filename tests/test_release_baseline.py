@@ -109,6 +109,8 @@ def test_objective_equals_the_library_objective() -> None:
     )
     for name, value in got.items():
         np.testing.assert_allclose(float(value), float(ops.convert_to_numpy(expected[name])), rtol=1e-5)
-    # The release has no relation-swap term; off (the default) it is 0 here too.
-    assert set(expected) - set(got) == {"relation_swap_loss"}
-    assert float(ops.convert_to_numpy(expected["relation_swap_loss"])) == 0.0
+    # The release has none of the optional terms; off (the default) they are 0 here too.
+    optional = {"relation_swap_loss", "region_entity_loss", "relation_readout_loss"}
+    assert set(expected) - set(got) == optional
+    for name in optional:
+        assert float(ops.convert_to_numpy(expected[name])) == 0.0, name

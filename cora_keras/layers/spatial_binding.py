@@ -14,8 +14,8 @@ class SpatialBinding(keras.layers.Layer):
     """K learned layout axes binding regions to places and relations to signs.
 
     Image: each encoded region r (unit row h_r) reads out K coordinates
-    p_r = tanh(MLP(h_r)); slice k of the image part is sum_r p_r[k] h_r
-    over the valid rows, (B, K*D). Caption: each relation (s, pred, o)
+    p_r = tanh(MLP(h_r)), centred over the image's valid rows; slice k of
+    the image part is sum_r p_r[k] h_r over the valid rows, (B, K*D). Caption: each relation (s, pred, o)
     gives q_k(pred) (e_s - e_o) in slice k, summed over the caption's
     relations, with e the unit entity embeddings. Their dot product is
     sum_k q_k(pred) sum_r p_r[k] h_r . (e_s - e_o): where region rows
@@ -47,22 +47,35 @@ class SpatialBinding(keras.layers.Layer):
         # (CoraModel.build runs an example through both parts).
         self.built = True
 
+    def places(self, rows, counts):
+        """(B, N, D) unit region rows (padding zero), (B,) counts -> (B, N, K)
+        coordinates, centred on the image's valid rows (what every row
+        shares, the rows' common direction, then cancels from every slice;
+        padding rows zero)."""
+        valid = ops.cast(length_mask(counts, rows.shape[1]), rows.dtype)[..., None]
+        places = self.coordinates(self.coordinate_hidden(rows)) * valid
+        mean = ops.sum(places, axis=1, keepdims=True) / ops.maximum(ops.sum(valid, axis=1, keepdims=True), 1.0)
+        return (places - mean) * valid
+
     def image_part(self, rows, counts):
         """(B, N, D) unit region rows (padding zero), (B,) counts -> (B, K*D)."""
-        n, d = rows.shape[1], rows.shape[2]
-        valid = ops.cast(length_mask(counts, n), rows.dtype)[..., None]
-        places = self.coordinates(self.coordinate_hidden(rows)) * valid  # (B, N, K)
-        return ops.reshape(ops.einsum("bnk,bnd->bkd", places, rows), (-1, self.axes * d))
+        d = rows.shape[2]
+        return ops.reshape(ops.einsum("bnk,bnd->bkd", self.places(rows, counts), rows), (-1, self.axes * d))
+
+    def relations(self, predicates, graph, num_entities):
+        """Per packed relation: clamped subject and object entity indices,
+        1.0 where real, and the (Pr, K) predicate read-out (zero where not)."""
+        subject, obj = graph["relation_subject"], graph["relation_object"]
+        real = ops.cast(subject < num_entities, "float32")
+        signs = self.predicate_signs(predicates) * real[:, None]
+        return ops.minimum(subject, num_entities - 1), ops.minimum(obj, num_entities - 1), real, signs
 
     def caption_part(self, entities, predicates, graph, batch, max_entities: int):
         """(Pe, D) unit packed entities, (Pr, W) encoded predicates, the text
         graph of `model.text_graph`, B and E -> (B, K*D)."""
-        num_entities, d = ops.shape(entities)[0], entities.shape[-1]
-        subject, obj = graph["relation_subject"], graph["relation_object"]
-        real = ops.cast(subject < num_entities, entities.dtype)
-        subject, obj = ops.minimum(subject, num_entities - 1), ops.minimum(obj, num_entities - 1)
+        d = entities.shape[-1]
+        subject, obj, _, signs = self.relations(predicates, graph, ops.shape(entities)[0])
         difference = ops.take(entities, subject, axis=0) - ops.take(entities, obj, axis=0)
-        signs = self.predicate_signs(predicates) * real[:, None]  # (Pr, K)
         terms = ops.reshape(signs[:, :, None] * difference[:, None, :], (-1, self.axes * d))
         caption = ops.take(graph["entity_slot"], subject, axis=0) // max_entities
         owner = ops.cast(caption[None, :] == ops.arange(batch, dtype=caption.dtype)[:, None], entities.dtype)

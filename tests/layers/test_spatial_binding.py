@@ -42,14 +42,18 @@ def case():
 
 
 def test_image_part_by_loops(case) -> None:
+    # Coordinates centred over each image's valid rows, then weighting them.
     binding, rows, counts = case["binding"], case["rows"], case["counts"]
     got = numpy64(binding.image_part(rows, counts)).reshape(BATCH, AXES, -1)
     for b in range(BATCH):
-        expected = np.zeros((AXES, rows.shape[-1]))
+        places = []
         for r in range(counts[b]):
             hidden = dense_numpy(binding.coordinate_hidden, rows[b, r].astype(np.float64))
-            place = np.tanh(hidden @ numpy64(binding.coordinates.kernel) + numpy64(binding.coordinates.bias))
-            expected += place[:, None] * rows[b, r][None, :]
+            places.append(np.tanh(hidden @ numpy64(binding.coordinates.kernel) + numpy64(binding.coordinates.bias)))
+        centre = sum(places) / counts[b]
+        expected = np.zeros((AXES, rows.shape[-1]))
+        for r, place in enumerate(places):
+            expected += (place - centre)[:, None] * rows[b, r][None, :]
         np.testing.assert_allclose(got[b], expected, atol=1e-5)
 
 
