@@ -41,6 +41,19 @@ def small_model_config(**overrides: Any) -> ModelConfig:
     return ModelConfig(**values)
 
 
+def real_relations(x: dict) -> list[tuple[int, int, int, int]]:
+    """(caption, slot, subject, object) of every relation of a caption batch
+    whose predicate and both ends are real, in caption then slot order."""
+    found = []
+    for b in range(len(x["relation_tokens"])):
+        real_entities = (x["entity_tokens"][b] != 0).any(-1)
+        for k in range(x["relation_tokens"].shape[1]):
+            s, o = int(x["relation_subject"][b, k]), int(x["relation_object"][b, k])
+            if (x["relation_tokens"][b, k] != 0).any() and real_entities[s] and real_entities[o]:
+                found.append((b, k, s, o))
+    return found
+
+
 def numpy64(x: Any) -> np.ndarray:
     """Any backend's tensor as a float64 NumPy array."""
     return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64)

@@ -16,7 +16,7 @@ from cora_keras.data.pipeline import check_distinct_phrase_budgets
 from cora_keras.inputs import distinct_phrase_budgets, phrase_budgets
 from cora_keras.model import LOSS_TERMS, CoraModel, text_graph
 from cora_keras.synthetic import synthetic_batch
-from tests.helpers import numpy64, small_model_config
+from tests.helpers import numpy64, real_relations, small_model_config
 
 CONFIG = small_model_config()
 BATCH = 8
@@ -260,20 +260,16 @@ def test_relation_readout_cost_reads_each_relation_in_its_own_image(bound_model,
     places = numpy64(binding.places(rows.astype("float32"), batch["region_counts"]))
     predicates = bound_model._caption_tower(batch, training=True)[1]["predicates"]
     signs = numpy64(binding.predicate_signs(predicates))
+    temperature = LossConfig().relation_readout_temperature
     expected = []
-    for b in range(BATCH):
-        real_entities = (batch["entity_tokens"][b] != 0).any(-1)
-        for k in range(CONFIG.max_caption_relations):
-            s, o = batch["relation_subject"][b, k], batch["relation_object"][b, k]
-            if not ((batch["relation_tokens"][b, k] != 0).any() and real_entities[s] and real_entities[o]):
-                continue
-            valid = np.arange(CONFIG.num_regions) < batch["region_counts"][b]
+    for b, k, s, o in real_relations(batch):
+        valid = np.arange(CONFIG.num_regions) < batch["region_counts"][b]
 
-            def position(entity):
-                weights = np.exp(rows[b][valid] @ entity / LossConfig().relation_readout_temperature)
-                return (weights / weights.sum()) @ places[b][valid]
+        def position(entity):
+            weights = np.exp(rows[b][valid] @ entity / temperature)
+            return (weights / weights.sum()) @ places[b][valid]
 
-            expected.append((b, k, position(outputs["entities"][b, s, :d]) - position(outputs["entities"][b, o, :d])))
+        expected.append((b, k, position(outputs["entities"][b, s, :d]) - position(outputs["entities"][b, o, :d])))
     real = outputs["relation_readout_real"] > 0
     assert real.sum() == len(expected) >= 4
     # Packed relations keep caption order: the k-th real one is the k-th of the loop.

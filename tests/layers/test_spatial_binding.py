@@ -9,7 +9,14 @@ import pytest
 from cora_keras.layers.spatial_binding import SpatialBinding
 from cora_keras.model import text_graph
 from cora_keras.synthetic import synthetic_batch
-from tests.helpers import assert_config_round_trip, dense_numpy, numpy64, randomize_weights, small_model_config
+from tests.helpers import (
+    assert_config_round_trip,
+    dense_numpy,
+    numpy64,
+    randomize_weights,
+    real_relations,
+    small_model_config,
+)
 
 CONFIG = small_model_config()
 AXES, HIDDEN, WORD, BATCH = 3, 8, 5, 4
@@ -61,18 +68,12 @@ def test_caption_part_by_loops_and_starts_at_zero(case) -> None:
     binding, x, e = case["binding"], case["x"], CONFIG.max_entities
     got = numpy64(binding.caption_part(case["entities"], case["predicates"], case["graph"], BATCH, e))
     expected = np.zeros((BATCH, AXES, CONFIG.embed_size))
-    relations = 0
-    for b in range(BATCH):
-        real_entities = (x["entity_tokens"][b] != 0).any(-1)
-        for k in range(CONFIG.max_caption_relations):
-            s, o = x["relation_subject"][b, k], x["relation_object"][b, k]
-            if not ((x["relation_tokens"][b, k] != 0).any() and real_entities[s] and real_entities[o]):
-                continue
-            signs = dense_numpy(binding.predicate_signs, case["predicate_rows"][b * CONFIG.max_caption_relations + k])
-            difference = case["entity_rows"][b * e + s] - case["entity_rows"][b * e + o]
-            expected[b] += signs[:, None] * difference[None, :]
-            relations += 1
-    assert relations >= 3
+    relations = real_relations(x)
+    for b, k, s, o in relations:
+        signs = dense_numpy(binding.predicate_signs, case["predicate_rows"][b * CONFIG.max_caption_relations + k])
+        difference = case["entity_rows"][b * e + s] - case["entity_rows"][b * e + o]
+        expected[b] += signs[:, None] * difference[None, :]
+    assert len(relations) >= 3
     np.testing.assert_allclose(got.reshape(BATCH, AXES, -1), expected, atol=1e-5)
     assert np.abs(case["zero_start"]).max() == 0.0  # the predicate read-out starts at zero
 
