@@ -83,7 +83,10 @@ class ModelConfig:
     # embeddings gain K*D dimensions whose dot product scores a caption's
     # relations against where the image's regions read out their entities
     # (layers/spatial_binding.py): image and caption embeddings are then
-    # (1 + K) * D wide, the main D dimensions unit length.
+    # (1 + K) * D wide, the main D dimensions unit length. The binding
+    # trains without touching the towers: the contrastive term scores the
+    # main dimensions alone and the whole score with them held fixed
+    # (losses.bound_contrastive_loss).
     binding_axes: int = 0
     binding_hidden: int = 64
 

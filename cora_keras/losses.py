@@ -66,6 +66,27 @@ def supervised_contrastive_loss(images, texts, positives, text_mask, temperature
     return row + column
 
 
+def bound_contrastive_loss(images, texts, positives, text_mask, temperature, main_width):
+    """Term (a) for embeddings with spatial binding dimensions after the
+    first `main_width`: the main dimensions scored alone, plus the whole
+    score with the main part held fixed (stop_gradient). The towers then
+    train as they would without the binding (scored with it, they leaned
+    on it: test RSUM of the main part 430.6 against 460.9), and the
+    binding learns to add to their score.
+    """
+    fixed = ops.stop_gradient
+    images, texts = ops.convert_to_tensor(images), ops.convert_to_tensor(texts)
+    main = supervised_contrastive_loss(
+        images[:, :main_width], texts[:, :main_width], positives, text_mask, temperature
+    )
+    whole = supervised_contrastive_loss(
+        ops.concatenate([fixed(images[:, :main_width]), images[:, main_width:]], axis=1),
+        ops.concatenate([fixed(texts[:, :main_width]), texts[:, main_width:]], axis=1),
+        positives, text_mask, temperature,
+    )
+    return main + whole
+
+
 def hardest_triplet_loss(images, captions, same, margin=0.35, hardest=1.0):
     """Term (b): VSE++ max-violation triplet, mean over both directions.
 
@@ -185,7 +206,7 @@ def contrastive_positives(targets, entity_mask, pool_same_image=False):
     return ops.concatenate([same, entity_part], axis=1)
 
 
-def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False) -> dict:
+def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False, main_width=None) -> dict:
     """All terms and the weighted total (`loss`) for one batch.
 
     Args:
@@ -201,6 +222,8 @@ def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False)
             (see `hardest_triplet_loss`).
         pool_same_image: entity positives from each image's pooled graphs
             (see `contrastive_positives`; image-grouped batches).
+        main_width: D where the embeddings carry spatial binding dimensions
+            after their first D (term (a) is then `bound_contrastive_loss`).
     """
     images, captions = outputs["image"], outputs["caption"]
     entities, entity_mask = outputs["entities"], outputs["entity_mask"]
@@ -210,7 +233,10 @@ def cora_objective(outputs, targets, config, hardest=1.0, pool_same_image=False)
         [ops.ones_like(images[:, 0]) > 0, ops.reshape(ops.cast(entity_mask, "bool"), (-1,))], axis=0
     )
     positives = contrastive_positives(targets, entity_mask, pool_same_image)
-    contrastive = supervised_contrastive_loss(images, texts, positives, text_mask, config.temperature)
+    if main_width is None:
+        contrastive = supervised_contrastive_loss(images, texts, positives, text_mask, config.temperature)
+    else:
+        contrastive = bound_contrastive_loss(images, texts, positives, text_mask, config.temperature, main_width)
     triplet = hardest_triplet_loss(
         images, captions, same_image(targets["image_ids"]), config.triplet_margin, hardest
     )

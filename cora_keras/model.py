@@ -45,9 +45,12 @@ class CoraModel(keras.Model):
     `losses.region_entity_cost`). With `model.binding_axes` K > 0, image,
     caption and entities are (1 + K) * D wide: the unit D main dimensions
     then the spatial binding (`layers.spatial_binding`; zero for
-    entities). `encode_images` and `encode_captions` run one tower. Training with `fit` takes `(x, y)`
-    with `y` the targets of `cora_keras.inputs`; `compute_loss` is the
-    three-term objective, each term tracked as its own metric.
+    entities), which reads the towers' rows, entities and predicates
+    through stop_gradient. `encode_images` and `encode_captions` run one
+    tower. Training with `fit` takes `(x, y)` with `y` the targets of
+    `cora_keras.inputs`; `compute_loss` is the three-term objective (with
+    the binding, term (a) is `losses.bound_contrastive_loss`), each term
+    tracked as its own metric.
 
     Args:
         model_config: a `ModelConfig` or its dict.
@@ -128,9 +131,9 @@ class CoraModel(keras.Model):
         image = _l2_normalize(self.region_encoder.pool(rows, counts))
         unit_rows = _l2_normalize(rows)
         if self.spatial_binding is not None:
-            # The binding reads the towers' rows without training them: its
-            # early, unaligned scores would otherwise disturb retrieval.
-            bound = self.spatial_binding.image_part(ops.stop_gradient(unit_rows), counts)
+            # The binding reads the towers' rows without training them (they
+            # would lean on it: see losses.bound_contrastive_loss).
+            bound = self.spatial_binding.image_part(ops.stop_gradient(unit_rows), regions, counts)
             image = ops.concatenate([image, bound], axis=-1)
         return image, unit_rows
 
@@ -176,7 +179,7 @@ class CoraModel(keras.Model):
             """The binding part, the entities taken in `order` if given."""
             arranged = unit_entities if order is None else ops.take(unit_entities, order, axis=0)
             return self.spatial_binding.caption_part(
-                ops.stop_gradient(arranged), predicates, graph, ops.shape(entity_tokens)[0], e_max
+                ops.stop_gradient(arranged), ops.stop_gradient(predicates), graph, ops.shape(entity_tokens)[0], e_max
             )
 
         if self.spatial_binding is not None:  # entities score the main dimensions only
@@ -253,20 +256,20 @@ class CoraModel(keras.Model):
                 outputs["entity_mask"], owner, loss.region_entity_temperature,
             )
         if training and loss.relation_readout_weight and self.spatial_binding is not None:
-            outputs.update(self._relation_readout(text, rows, inputs["region_counts"], owner))
+            outputs.update(self._relation_readout(text, rows, inputs, owner))
         outputs["image"] = ops.take(image, owner, axis=0) if CAPTION_IMAGE in inputs else image
         return outputs
 
-    def _relation_readout(self, text, rows, counts, owner):
+    def _relation_readout(self, text, rows, inputs, owner):
         """`relation_readout_cost` and `relation_readout_real` (Pr,) of the
         packed relations (see `losses.relation_readout_cost`); like the
         binding, it reads rows and entities without training them."""
         binding, graph, entities = self.spatial_binding, text["graph"], ops.stop_gradient(text["entities"])
-        subject, obj, real, signs = binding.relations(text["predicates"], graph, ops.shape(entities)[0])
+        subject, obj, real, signs = binding.relations(ops.stop_gradient(text["predicates"]), graph, ops.shape(entities)[0])
         caption = ops.take(graph["entity_slot"], subject, axis=0) // self.model_config.max_entities
-        rows = ops.stop_gradient(rows)
+        rows, counts = ops.stop_gradient(rows), inputs["region_counts"]
         cost = losses.relation_readout_cost(
-            rows, counts, binding.places(rows, counts), ops.take(entities, subject, axis=0),
+            rows, counts, binding.places(inputs["regions"], counts), ops.take(entities, subject, axis=0),
             ops.take(entities, obj, axis=0), ops.take(owner, caption, axis=0), signs,
             self.loss_config.relation_readout_temperature,
         )
@@ -282,8 +285,10 @@ class CoraModel(keras.Model):
         """
         grouped = x is not None and CAPTION_IMAGE in x  # rows share image embeddings
         y_pred, y = distribution.gather_replicas((y_pred, y))
+        bound = self.spatial_binding is not None
         terms = losses.cora_objective(
-            y_pred, y, self.loss_config, self.hardest_negatives, pool_same_image=grouped
+            y_pred, y, self.loss_config, self.hardest_negatives, pool_same_image=grouped,
+            main_width=self.model_config.embed_size if bound else None,
         )
         for name, value in terms.items():
             self.trackers[name].update_state(value)

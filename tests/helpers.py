@@ -59,6 +59,28 @@ def numpy64(x: Any) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64)
 
 
+def gradient(scalar_fn: Callable[[Any], Any], x: np.ndarray) -> np.ndarray:
+    """d scalar_fn(x) / dx (float64 NumPy) by the running backend's autodiff."""
+    x = np.asarray(x, dtype=np.float32)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return numpy64(jax.grad(scalar_fn)(x))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        variable = tf.Variable(x)
+        with tf.GradientTape() as tape:
+            value = scalar_fn(variable)
+        return numpy64(tape.gradient(value, variable))
+    import torch
+
+    variable = torch.tensor(x, requires_grad=True)
+    scalar_fn(variable).backward()
+    return numpy64(variable.grad)
+
+
 def gru_weights(gru: LengthMaskedGRU) -> GruWeights:
     """A `LengthMaskedGRU`'s weights in the PyTorch layout of `reference_cora`.
 

@@ -9,6 +9,7 @@ import pytest
 
 from cora_keras.config import LossConfig
 from cora_keras.losses import (
+    bound_contrastive_loss,
     contrastive_positives,
     cora_objective,
     entity_match,
@@ -20,7 +21,7 @@ from cora_keras.losses import (
     specificity_loss,
     supervised_contrastive_loss,
 )
-from tests.helpers import numpy64
+from tests.helpers import gradient, numpy64
 
 
 def _unit(rows) -> np.ndarray:
@@ -130,6 +131,27 @@ def test_contrastive_padding_columns_change_nothing() -> None:
     padded = supervised_contrastive_loss(images, padded_texts, padded_positives, mask, 0.01)
     plain = contrastive_by_loops(images, texts, positives, 0.01)
     assert _value(padded) == pytest.approx(plain, rel=1e-5)
+
+
+def test_bound_contrastive_trains_the_main_part_as_if_alone() -> None:
+    # Main dimensions (3) plus 2 binding dimensions on both sides.
+    images, texts, positives = _contrastive_case()
+    rng = np.random.default_rng(3)
+    bound_images = np.concatenate([images, rng.normal(0, 0.5, (3, 2))], axis=1).astype(np.float32)
+    bound_texts = np.concatenate([texts, rng.normal(0, 0.5, (7, 2))], axis=1).astype(np.float32)
+    mask, tau = np.ones(7, bool), 0.1
+    value = bound_contrastive_loss(bound_images, bound_texts, positives, mask, tau, 3)
+    expected = contrastive_by_loops(images, texts, positives, tau) + contrastive_by_loops(
+        bound_images, bound_texts, positives, tau
+    )
+    assert _value(value) == pytest.approx(expected, rel=1e-5)
+    got = gradient(lambda x: bound_contrastive_loss(x, bound_texts, positives, mask, tau, 3), bound_images)
+    main = gradient(lambda x: supervised_contrastive_loss(x, texts, positives, mask, tau), images)
+    whole = gradient(lambda x: supervised_contrastive_loss(x, bound_texts, positives, mask, tau), bound_images)
+    # The main part gets the main-only gradient, the binding the whole score's.
+    np.testing.assert_allclose(got[:, :3], main, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got[:, 3:], whole[:, 3:], rtol=1e-4, atol=1e-6)
+    assert np.abs(whole[:, :3] - main).max() > 1e-3  # the whole score would move the main part otherwise
 
 
 # ------------------------------------------------------ relation swap

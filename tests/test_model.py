@@ -239,6 +239,19 @@ def test_spatial_binding_widens_both_embeddings_past_unit_main_dimensions(bound_
     assert np.abs(outputs["entities"][..., d:]).max() == 0.0
 
 
+def test_bound_model_scores_its_main_dimensions_alone_in_the_contrastive_term(bound_model, batch: dict) -> None:
+    _, targets = _synthetic(BATCH, seed=0)
+    outputs = bound_model(batch)
+    bound_model.trackers["contrastive_loss"].reset_state()
+    bound_model.compute_loss(batch, targets, outputs)
+    measured = float(numpy64(bound_model.trackers["contrastive_loss"].result()))
+    config = bound_model.loss_config
+    split = losses.cora_objective(outputs, targets, config, main_width=CONFIG.embed_size)["contrastive_loss"]
+    whole = losses.cora_objective(outputs, targets, config)["contrastive_loss"]
+    assert measured == pytest.approx(float(numpy64(split)), rel=1e-5)
+    assert measured != pytest.approx(float(numpy64(whole)), rel=1e-3)
+
+
 def test_region_entity_cost_scores_each_entity_against_every_image_of_the_batch(bound_model, batch: dict) -> None:
     outputs = {k: numpy64(v) for k, v in bound_model(batch, training=True).items()}
     rows = numpy64(bound_model.region_encoder.encode_regions(batch["regions"], batch["region_counts"], training=True))
@@ -257,7 +270,7 @@ def test_relation_readout_cost_reads_each_relation_in_its_own_image(bound_model,
     outputs = {k: numpy64(v) for k, v in bound_model(batch, training=True).items()}
     rows = numpy64(bound_model.region_encoder.encode_regions(batch["regions"], batch["region_counts"], training=True))
     rows = rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-6)
-    places = numpy64(binding.places(rows.astype("float32"), batch["region_counts"]))
+    places = numpy64(binding.places(batch["regions"], batch["region_counts"]))
     predicates = bound_model._caption_tower(batch, training=True)[1]["predicates"]
     signs = numpy64(binding.predicate_signs(predicates))
     temperature = LossConfig().relation_readout_temperature

@@ -13,9 +13,11 @@ from cora_keras.layers.position_encoding import length_mask
 class SpatialBinding(keras.layers.Layer):
     """K learned layout axes binding regions to places and relations to signs.
 
-    Image: each encoded region r (unit row h_r) reads out K coordinates
-    p_r = tanh(MLP(h_r)), centred over the image's valid rows; slice k of
-    the image part is sum_r p_r[k] h_r over the valid rows, (B, K*D). Caption: each relation (s, pred, o)
+    Image: each region r reads K coordinates p_r = tanh(MLP(x_r)) from its
+    input features x_r (the encoded rows, trained for retrieval, keep too
+    little of where a region is), centred over the image's valid rows;
+    slice k of the image part is sum_r p_r[k] h_r over the valid rows, h_r
+    the unit encoded row, (B, K*D). Caption: each relation (s, pred, o)
     gives q_k(pred) (e_s - e_o) in slice k, summed over the caption's
     relations, with e the unit entity embeddings. Their dot product is
     sum_k q_k(pred) sum_r p_r[k] h_r . (e_s - e_o): where region rows
@@ -47,20 +49,20 @@ class SpatialBinding(keras.layers.Layer):
         # (CoraModel.build runs an example through both parts).
         self.built = True
 
-    def places(self, rows, counts):
-        """(B, N, D) unit region rows (padding zero), (B,) counts -> (B, N, K)
-        coordinates, centred on the image's valid rows (what every row
-        shares, the rows' common direction, then cancels from every slice;
-        padding rows zero)."""
-        valid = ops.cast(length_mask(counts, rows.shape[1]), rows.dtype)[..., None]
-        places = self.coordinates(self.coordinate_hidden(rows)) * valid
+    def places(self, regions, counts):
+        """(B, N, F) region features, (B,) counts -> (B, N, K) coordinates,
+        centred on the image's valid rows (what every row shares, the rows'
+        common direction, then cancels from every slice; padding rows zero)."""
+        valid = ops.cast(length_mask(counts, regions.shape[1]), "float32")[..., None]
+        places = self.coordinates(self.coordinate_hidden(regions)) * valid
         mean = ops.sum(places, axis=1, keepdims=True) / ops.maximum(ops.sum(valid, axis=1, keepdims=True), 1.0)
         return (places - mean) * valid
 
-    def image_part(self, rows, counts):
-        """(B, N, D) unit region rows (padding zero), (B,) counts -> (B, K*D)."""
+    def image_part(self, rows, regions, counts):
+        """(B, N, D) unit region rows (padding zero), their (B, N, F) region
+        features, (B,) counts -> (B, K*D)."""
         d = rows.shape[2]
-        return ops.reshape(ops.einsum("bnk,bnd->bkd", self.places(rows, counts), rows), (-1, self.axes * d))
+        return ops.reshape(ops.einsum("bnk,bnd->bkd", self.places(regions, counts), rows), (-1, self.axes * d))
 
     def relations(self, predicates, graph, num_entities):
         """Per packed relation: clamped subject and object entity indices,

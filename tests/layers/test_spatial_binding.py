@@ -32,7 +32,9 @@ def case():
     rng = np.random.default_rng(0)
     d, n, e, k = CONFIG.embed_size, CONFIG.num_regions, CONFIG.max_entities, CONFIG.max_caption_relations
     counts = np.array([6, 2, 4, 1], np.int32)
-    rows = _unit(rng.standard_normal((BATCH, n, d))) * (np.arange(n)[None, :] < counts[:, None])[..., None]
+    valid = (np.arange(n)[None, :] < counts[:, None])[..., None]
+    rows = _unit(rng.standard_normal((BATCH, n, d))) * valid
+    regions = rng.standard_normal((BATCH, n, CONFIG.region_feature_size)).astype(np.float32) * valid
     x, _ = synthetic_batch(CONFIG, BATCH, rng, regions=(2, 6), words=(1, 2))
     graph = text_graph(x, CONFIG, None)
     entity_rows = _unit(rng.standard_normal((BATCH * e, d)))  # dense (b * E + e) slots
@@ -41,21 +43,22 @@ def case():
     predicates = predicate_rows[numpy64(graph["relation_packed_slot"]).astype(int)]
     binding = SpatialBinding(AXES, HIDDEN)
     zero_start = numpy64(binding.caption_part(entities, predicates, graph, BATCH, e))
-    binding.image_part(rows, counts)
+    binding.image_part(rows, regions, counts)
     randomize_weights(binding, seed=1)
-    return dict(binding=binding, rows=rows, counts=counts, x=x, graph=graph, entities=entities,
+    return dict(binding=binding, rows=rows, regions=regions, counts=counts, x=x, graph=graph, entities=entities,
                 predicates=predicates, entity_rows=entity_rows, predicate_rows=predicate_rows,
                 zero_start=zero_start)
 
 
 def test_image_part_by_loops(case) -> None:
-    # Coordinates centred over each image's valid rows, then weighting them.
-    binding, rows, counts = case["binding"], case["rows"], case["counts"]
-    got = numpy64(binding.image_part(rows, counts)).reshape(BATCH, AXES, -1)
+    # Coordinates of each region's features, centred over the image's valid
+    # rows, then weighting the encoded rows.
+    binding, rows, regions, counts = case["binding"], case["rows"], case["regions"], case["counts"]
+    got = numpy64(binding.image_part(rows, regions, counts)).reshape(BATCH, AXES, -1)
     for b in range(BATCH):
         places = []
         for r in range(counts[b]):
-            hidden = dense_numpy(binding.coordinate_hidden, rows[b, r].astype(np.float64))
+            hidden = dense_numpy(binding.coordinate_hidden, regions[b, r].astype(np.float64))
             places.append(np.tanh(hidden @ numpy64(binding.coordinates.kernel) + numpy64(binding.coordinates.bias)))
         centre = sum(places) / counts[b]
         expected = np.zeros((AXES, rows.shape[-1]))
@@ -92,7 +95,7 @@ def test_config_round_trip(case) -> None:
     binding = case["binding"]
 
     def run(layer):
-        layer.image_part(case["rows"], case["counts"])
+        layer.image_part(case["rows"], case["regions"], case["counts"])
         return layer.caption_part(case["entities"], case["predicates"], case["graph"], BATCH, CONFIG.max_entities)
 
     assert_config_round_trip(binding, run)
