@@ -217,12 +217,18 @@ def test_paper_configs_load_with_the_paper_objective(name):
     assert (config.loss.temperature, config.loss.triplet_weight, config.loss.specificity_weight) == (0.01, 4.0, 11.0)
     assert config.loss.triplet_warmup_epochs == 0
     assert config.data.dataset == name.split("_")[0]
+    # The paper's model: no spatial binding, none of its terms.
+    assert config.model.binding_axes == 0
+    assert (config.loss.relation_swap_weight, config.loss.region_entity_weight) == (0.0, 0.0)
+    assert config.loss.relation_readout_weight == 0.0
 
 
-def test_demo_config_trains_on_the_contrastive_term_without_dropout_or_caption_sampling():
+def test_demo_config_trains_the_binding_on_the_contrastive_term_without_dropout_or_caption_sampling():
     config = load_config("configs/demo.yaml")
     loss, model, augment = config.loss, config.model, config.augment
     assert (loss.temperature, loss.triplet_weight, loss.specificity_weight) == (0.05, 0.0, 0.0)
+    assert (model.binding_axes, model.binding_hidden) == (4, 256)
+    assert (loss.relation_swap_weight, loss.region_entity_weight, loss.relation_readout_weight) == (1.0, 1.0, 1.0)
     assert (model.region_dropout, model.word_dropout, model.composer_dropout) == (0.0, 0.0, 0.0)
     caption_sampling = dataclasses.asdict(augment)
     assert caption_sampling.pop("region_drop") == 0.05
