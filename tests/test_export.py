@@ -110,11 +110,11 @@ def _inputs(config, batch, seed):
     return {"regions": regions, "region_counts": counts, **{n: encoded[n] for n in CAPTION_INPUTS}}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=[0, 2], ids=["plain", "spatial_binding"])
+def exported(tmp_path_factory, request):
     """A tiny run exported by the CLI, started under the JAX backend."""
     root = tmp_path_factory.mktemp("export")
-    config, model, _ = write_run(root / "run", seed=3)
+    config, model, _ = write_run(root / "run", seed=3, binding_axes=request.param)
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "cora_keras", "export",
@@ -150,9 +150,13 @@ def test_plain_tensorflow_loads_the_export_and_gives_the_keras_embeddings(export
         np.testing.assert_allclose(outputs[f"{b}/caption"], text["caption"], atol=1e-5)
         np.testing.assert_allclose(outputs[f"{b}/entities"], text["entities"], atol=1e-5)
         np.testing.assert_array_equal(outputs[f"{b}/entity_mask"], text["entity_mask"])
-        assert outputs[f"{b}/image"].shape == (int(b), config.model.embed_size)
+        width = (1 + config.model.binding_axes) * config.model.embed_size
+        assert outputs[f"{b}/image"].shape == (int(b), width)
     # The batch of 3 holds a caption with more entities than E, and relations.
     assert outputs["3/entity_mask"].sum(axis=1).tolist() == [4, 1, 2]
+    if config.model.binding_axes:  # the binding parts are not zero
+        d = config.model.embed_size
+        assert min(np.abs(outputs[f"3/{name}"][:, d:]).max() for name in ("image", "caption")) > 1e-3
 
 
 @pytest.mark.tf_only

@@ -45,17 +45,21 @@ def tiny_vocabulary() -> Vocabulary:
     return Vocabulary([*SPECIAL_TOKENS, *WORDS], {}, {}, [])
 
 
-def write_run(run_dir: Path, seed: int = 0) -> tuple[Config, object, Vocabulary]:
-    """config.yaml, vocab.json and best.weights.h5 of a random tiny model."""
+def write_run(run_dir: Path, seed: int = 0, binding_axes: int = 0) -> tuple[Config, object, Vocabulary]:
+    """config.yaml, vocab.json and best.weights.h5 of a random tiny model
+    (with `binding_axes`, a spatial binding whose weights are all random)."""
     import keras
 
     from cora_keras.model import CoraModel
+    from tests.helpers import randomize_weights
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = config_from_dict(TINY_CONFIG)
+    config = config_from_dict({**TINY_CONFIG, "model": {**TINY_CONFIG["model"], "binding_axes": binding_axes}})
     keras.utils.set_random_seed(seed)
     model = CoraModel(config.model, config.loss)
     model.build()
+    if binding_axes:
+        randomize_weights(model.spatial_binding, seed)  # its predicate read-out starts at zero
     vocabulary = tiny_vocabulary()
     save_config(config, run_dir / CONFIG_FILE)
     vocabulary.save(run_dir / VOCAB_FILE)
