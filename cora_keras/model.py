@@ -263,7 +263,7 @@ class CoraModel(keras.Model):
     def _relation_readout(self, text, rows, inputs, owner):
         """`relation_readout_cost` and `relation_readout_real` (Pr,) of the
         packed relations (see `losses.relation_readout_cost`); like the
-        binding, it reads rows and entities without training them."""
+        binding, it reads rows, entities and predicates without training them."""
         binding, graph, entities = self.spatial_binding, text["graph"], ops.stop_gradient(text["entities"])
         subject, obj, real, signs = binding.relations(ops.stop_gradient(text["predicates"]), graph, ops.shape(entities)[0])
         caption = ops.take(graph["entity_slot"], subject, axis=0) // self.model_config.max_entities
